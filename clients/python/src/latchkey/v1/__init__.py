@@ -1,0 +1,1 @@
+"""Generated latchkey.v1 stubs (produced by `make proto`; never edited by hand)."""

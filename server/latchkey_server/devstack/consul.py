@@ -1,0 +1,115 @@
+"""A real `consul agent -dev` on free loopback ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from latchkey_server.devstack.ports import free_ports
+from latchkey_server.devstack.process import ComponentError, ManagedProcess
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+PROVISION_SCRIPT = REPO_ROOT / "scripts" / "provision-consul.sh"
+HOW_TO_GET = (
+    "Run `make test` or `bash scripts/provision-consul.sh` (fetches Debian's consul 1.8.7 into "
+    ".cache/consul), put a consul binary on PATH, or set LATCHKEY_CONSUL_BIN."
+)
+
+
+def find_consul() -> str:
+    """Locate the consul binary: LATCHKEY_CONSUL_BIN, PATH, then the provisioned cache."""
+    explicit = os.environ.get("LATCHKEY_CONSUL_BIN")
+    if explicit:
+        if not os.access(explicit, os.X_OK):
+            raise ComponentError(f"LATCHKEY_CONSUL_BIN={explicit} is not executable. {HOW_TO_GET}")
+        return explicit
+    on_path = shutil.which("consul")
+    if on_path:
+        return on_path
+    cached = REPO_ROOT / ".cache" / "consul" / "root" / "usr" / "bin" / "consul"
+    if cached.exists():
+        return str(cached)
+    if PROVISION_SCRIPT.exists():
+        result = subprocess.run(
+            ["bash", str(PROVISION_SCRIPT)], capture_output=True, text=True, check=False
+        )
+        if result.returncode == 0 and result.stdout.strip():
+            return result.stdout.strip().splitlines()[-1]
+        raise ComponentError(f"consul could not be provisioned:\n{result.stderr}\n{HOW_TO_GET}")
+    raise ComponentError(f"no consul binary found. {HOW_TO_GET}")
+
+
+@dataclass
+class ConsulAgent:
+    """`consul agent -dev` bound to 127.0.0.1 with DNS and gRPC disabled."""
+
+    workdir: Path
+    binary: str = field(default_factory=find_consul)
+    http_port: int = 0
+    serf_lan_port: int = 0
+    serf_wan_port: int = 0
+    server_port: int = 0
+    _process: ManagedProcess | None = None
+
+    def __post_init__(self) -> None:
+        if not self.http_port:
+            ports = free_ports(4)
+            self.http_port, self.serf_lan_port, self.serf_wan_port, self.server_port = ports
+
+    @property
+    def http_addr(self) -> str:
+        """`host:port`, the form CONSUL_HTTP_ADDR takes."""
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.http_addr}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "consul.log"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the agent (again, on the same ports, after a stop) and wait for a leader."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            self.binary, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
+            "-node", "latchkey-dev",
+            f"-http-port={self.http_port}", "-dns-port=-1", "-grpc-port=-1",
+            f"-serf-lan-port={self.serf_lan_port}", f"-serf-wan-port={self.serf_wan_port}",
+            f"-server-port={self.server_port}", "-log-level=info",
+        ]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_")}
+        self._process = ManagedProcess("consul agent", argv, self.log_path, env=env)
+        self._process.start()
+        self._process.wait_ready(self._has_leader, timeout)
+
+    def _has_leader(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/v1/status/leader", timeout=1) as resp:  # noqa: S310
+                leader = json.loads(resp.read())
+        except (OSError, urllib.error.URLError, ValueError):
+            return False
+        return bool(leader)
+
+    def stop(self) -> None:
+        if self._process:
+            self._process.stop()
+
+    def kill(self) -> None:
+        """Kill -9 the agent (a crash, for outage tests)."""
+        if self._process:
+            self._process.kill()
+
+    def log_tail(self, lines: int = 40) -> str:
+        return self._process.log_tail(lines) if self._process else "(not started)"
