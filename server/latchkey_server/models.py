@@ -1,0 +1,232 @@
+"""Plain domain values that flow between the rooms. No protobuf, no wire library types.
+
+Times are timezone-aware UTC datetimes. Secret-bearing fields are excluded from `repr`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+# ---------------------------------------------------------------- freshness
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """How fresh a value is: upstream index, last confirmation, and stale-if-error state."""
+
+    index: int
+    confirmed_at: datetime | None
+    """When the upstream last confirmed this data (None: never)."""
+    stale: bool = False
+    """True when served from cache because the upstream is unreachable."""
+    reachable: bool = True
+    """Whether the upstream answered the most recent request."""
+
+    def age_seconds(self, now: datetime | None = None) -> float:
+        if self.confirmed_at is None:
+            return 0.0
+        return max(0.0, ((now or utcnow()) - self.confirmed_at).total_seconds())
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Sent on every stream at a fixed interval and whenever upstream reachability changes."""
+
+    freshness: Freshness
+
+
+# ---------------------------------------------------------------- KV v2 secrets
+
+
+@dataclass(frozen=True, slots=True)
+class KvSecret:
+    data: dict[str, Any] = field(repr=False)
+    version: int
+    created_time: datetime | None
+    custom_metadata: dict[str, str]
+    freshness: Freshness | None = None
+
+
+# ---------------------------------------------------------------- database credentials
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """A database credential backed by one Vault lease."""
+
+    role: str
+    username: str
+    password: str = field(repr=False)
+    lease_id: str
+    issued_at: datetime
+    expires_at: datetime
+    max_ttl_deadline: datetime
+    renewable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialIssued:
+    watch_id: str
+    credential: Credential
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialRenewed:
+    watch_id: str
+    lease_id: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialRotation:
+    watch_id: str
+    credential: Credential
+    rotation_id: str
+    previous_lease_id: str
+    previous_revoke_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialRevoked:
+    watch_id: str
+    lease_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialHeartbeat:
+    watch_id: str
+    freshness: Freshness
+
+
+CredentialEvent = (
+    CredentialIssued
+    | CredentialRenewed
+    | CredentialRotation
+    | CredentialRevoked
+    | CredentialHeartbeat
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RenewResult:
+    lease_id: str
+    expires_at: datetime
+    renewable: bool
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseInfo:
+    """Operator view of a lease. Never carries the password."""
+
+    lease_id: str
+    role: str
+    holder: str
+    username: str
+    issued_at: datetime
+    expires_at: datetime
+    max_ttl_deadline: datetime
+    holders: int
+    renewable: bool
+
+
+# ---------------------------------------------------------------- Consul KV
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigEntry:
+    key: str
+    value: bytes = field(repr=False)
+    create_index: int
+    modify_index: int
+    flags: int = 0
+
+
+class ChangeType(enum.Enum):
+    PUT = "put"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyChange:
+    type: ChangeType
+    key: str
+    entry: ConfigEntry | None
+    """The new entry for puts; None for deletes."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSnapshot:
+    entries: tuple[ConfigEntry, ...]
+    index: int
+    freshness: Freshness
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigChange:
+    changes: tuple[KeyChange, ...]
+    index: int
+    freshness: Freshness
+
+
+ConfigEvent = ConfigSnapshot | ConfigChange | Heartbeat
+
+
+# ---------------------------------------------------------------- Consul health
+
+
+class HealthStatus(enum.Enum):
+    PASSING = "passing"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceQuery:
+    service: str
+    tag: str = ""
+    datacenter: str = ""
+    include_warning: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    id: str
+    node: str
+    address: str
+    port: int
+    tags: tuple[str, ...]
+    meta: dict[str, str]
+    health: HealthStatus
+    datacenter: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceSet:
+    instances: tuple[Instance, ...]
+    index: int
+    freshness: Freshness
+
+
+ServiceEvent = InstanceSet | Heartbeat
+
+
+# ---------------------------------------------------------------- identity
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who is calling, as established by the access room."""
+
+    name: str
+    method: str
+    """"token" or "mtls"."""
+    peer: str = ""
