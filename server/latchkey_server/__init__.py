@@ -1,0 +1,3 @@
+"""latchkey gateway server."""
+
+__version__ = "0.1.0"

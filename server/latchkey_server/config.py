@@ -1,0 +1,146 @@
+"""Gateway settings: one validated object, built once in the CLI and passed down.
+
+Precedence (highest first): `LATCHKEY_*` environment variables (nested fields with `__`, e.g.
+`LATCHKEY_VAULT__ADDR`), then the config file (YAML or TOML), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from latchkey_server.errors import InvalidArgument
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VaultSettings(_Section):
+    addr: str = "http://127.0.0.1:8200"
+    """Vault address."""
+    token: SecretStr | None = None
+    """Token auth (renewed while renewable). Either this or the AppRole pair."""
+    approle_role_id: str | None = None
+    """AppRole role_id (the gateway logs in and re-logs-in before its token expires)."""
+    approle_secret_id: SecretStr | None = None
+    """AppRole secret_id."""
+    approle_mount: str = "approle"
+    kv_mount: str = "secret"
+    """Default KV v2 mount for GetSecret when the request names none."""
+    database_mount: str = "database"
+    """Mount of the database secrets engine."""
+    pool_size: int = Field(default=8, ge=1, le=64)
+    """Threads running hvac (a synchronous library) off the event loop."""
+    timeout: float = Field(default=10.0, gt=0)
+    """Per-request timeout in seconds."""
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> VaultSettings:
+        approle = self.approle_role_id is not None or self.approle_secret_id is not None
+        if approle and (self.approle_role_id is None or self.approle_secret_id is None):
+            raise ValueError("approle_role_id and approle_secret_id must be given together")
+        if not approle and self.token is None:
+            raise ValueError("set vault.token or vault.approle_role_id + vault.approle_secret_id")
+        return self
+
+
+class ConsulSettings(_Section):
+    addr: str = "127.0.0.1:8500"
+    """Consul agent HTTP address (host:port or URL)."""
+    token: SecretStr | None = None
+    """ACL token sent as X-Consul-Token."""
+    max_connections: int = Field(default=64, ge=1, le=190)
+    """Hard cap on concurrent connections to the agent (Consul 1.8 drops the 201st per IP)."""
+    wait: float = Field(default=55.0, ge=1, le=600)
+    """Blocking-query wait in seconds (an abandoned query holds its slot this long)."""
+
+
+class LeaseSettings(_Section):
+    renew_fraction: float = Field(default=2 / 3, gt=0, lt=1)
+    """Renew a held lease when this fraction of its TTL has passed (with jitter)."""
+    grace: float = Field(default=30.0, ge=0)
+    """After a rotation, revoke the previous lease after this long unless acknowledged sooner."""
+    unheld_grace: float = Field(default=5.0, ge=0)
+    """Revoke a lease this long after its last holder let go."""
+
+
+class CacheSettings(_Section):
+    secret_ttl: float = Field(default=30.0, ge=0)
+    """How long a KV secret is served from cache."""
+    negative_ttl: float = Field(default=2.0, ge=0)
+    """How long a not-found answer is cached."""
+    stale_limit: float = Field(default=300.0, ge=0)
+    """How old cached data may be when served because an upstream is unreachable."""
+
+
+class AuthSettings(_Section):
+    tokens_file: Path | None = None
+    """YAML file of hashed bearer tokens (see `latchkey-server token create`)."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LATCHKEY_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    listen: str = "127.0.0.1:7400"
+    """gRPC listen address host:port."""
+    insecure: bool = True
+    """Plaintext gRPC (TLS arrives with the access issue)."""
+    heartbeat_interval: float = Field(default=10.0, gt=0)
+    """Seconds between heartbeats on every stream."""
+    shutdown_grace: float = Field(default=5.0, ge=0)
+    """Seconds in-flight RPCs get to finish on shutdown."""
+    log_level: str = "INFO"
+    vault: VaultSettings
+    consul: ConsulSettings = Field(default_factory=ConsulSettings)
+    leases: LeaseSettings = Field(default_factory=LeaseSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file (passed as init values).
+        return (env_settings, init_settings)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InvalidArgument(f"config file {path}: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise InvalidArgument(f"config file {path} is not valid {path.suffix[1:]}: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InvalidArgument(f"config file {path}: the top level must be a mapping")
+    return data
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Build settings from an optional file plus the environment; errors name the field."""
+    data = _read_file(path) if path else {}
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+            for err in exc.errors(include_input=False)
+        )
+        raise InvalidArgument(f"invalid configuration: {problems}") from exc

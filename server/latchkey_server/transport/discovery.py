@@ -1,0 +1,60 @@
+"""latchkey.v1.Discovery: healthy instances from Consul health."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from typing import Any, Protocol
+
+import grpc
+
+from latchkey.v1 import discovery_pb2, discovery_pb2_grpc
+from latchkey_server import models
+from latchkey_server.access.authz import Authorizer, ResourceKind
+from latchkey_server.access.context import current_identity
+from latchkey_server.transport import convert, validate
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class DiscoverySource(Protocol):
+    async def healthy(self, query: models.ServiceQuery) -> models.InstanceSet: ...
+    def watch(self, query: models.ServiceQuery) -> AsyncGenerator[models.ServiceEvent, None]: ...
+
+
+def _query(
+    request: discovery_pb2.GetHealthyInstancesRequest | discovery_pb2.WatchServiceRequest,
+) -> models.ServiceQuery:
+    return models.ServiceQuery(
+        service=validate.name("service", request.service),
+        tag=validate.tag(request.tag),
+        datacenter=validate.optional_name("datacenter", request.datacenter),
+        include_warning=request.include_warning,
+    )
+
+
+class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServicer):
+    def __init__(self, hub: DiscoverySource, authz: Authorizer) -> None:
+        self._hub = hub
+        self._authz = authz
+
+    async def GetHealthyInstances(
+        self, request: discovery_pb2.GetHealthyInstancesRequest, context: Context
+    ) -> discovery_pb2.GetHealthyInstancesResponse:
+        query = _query(request)
+        self._authz.authorize(current_identity(), ResourceKind.SERVICE, query.service, "discover")
+        found = await self._hub.healthy(query)
+        return discovery_pb2.GetHealthyInstancesResponse(
+            instances=[convert.instance(i) for i in found.instances],
+            index=found.index,
+            freshness=convert.freshness(found.freshness),
+        )
+
+    async def Watch(
+        self, request: discovery_pb2.WatchServiceRequest, context: Context
+    ) -> AsyncIterator[discovery_pb2.ServiceEvent]:
+        query = _query(request)
+        self._authz.authorize(current_identity(), ResourceKind.SERVICE, query.service, "discover")
+        async with aclosing(self._hub.watch(query)) as events:
+            async for event in events:
+                yield convert.service_event(event)

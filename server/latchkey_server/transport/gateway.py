@@ -1,0 +1,57 @@
+"""latchkey.v1.Gateway: the caller's identity and upstream freshness, for `latchkey status`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+import grpc
+
+from latchkey.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from latchkey_server import __version__
+from latchkey_server.access.context import current_identity
+from latchkey_server.models import utcnow
+from latchkey_server.transport import convert
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class UpstreamHealth(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def reachable(self) -> bool: ...
+    @property
+    def last_contact(self) -> datetime | None: ...
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+    def __init__(self, upstreams: Sequence[UpstreamHealth], started_at: datetime) -> None:
+        self._upstreams = upstreams
+        self._started_at = started_at
+
+    async def Status(
+        self, request: gateway_pb2.StatusRequest, context: Context
+    ) -> gateway_pb2.StatusResponse:
+        identity = current_identity()
+        now = utcnow()
+        out = gateway_pb2.StatusResponse(
+            identity=identity.name,
+            auth_method=identity.method,
+            version=__version__,
+            started_at=convert.ts(self._started_at),
+        )
+        for upstream in self._upstreams:
+            contact = upstream.last_contact
+            out.upstreams.append(
+                gateway_pb2.UpstreamStatus(
+                    name=upstream.name,
+                    state=common_pb2.UPSTREAM_STATE_CONNECTED
+                    if upstream.reachable
+                    else common_pb2.UPSTREAM_STATE_UNREACHABLE,
+                    last_contact=convert.ts(contact),
+                    age_seconds=(now - contact).total_seconds() if contact else 0.0,
+                )
+            )
+        return out

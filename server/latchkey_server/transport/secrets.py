@@ -1,0 +1,138 @@
+"""latchkey.v1.Secrets: KV v2 secrets and database credential leases."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from typing import Any, Protocol
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from latchkey.v1 import secrets_pb2, secrets_pb2_grpc
+from latchkey_server import models
+from latchkey_server.access.authz import Authorizer, ResourceKind
+from latchkey_server.access.context import current_identity
+from latchkey_server.transport import convert, validate
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class SecretSource(Protocol):
+    async def get(self, mount: str, path: str, version: int = 0) -> models.KvSecret: ...
+
+
+class LeaseSource(Protocol):
+    async def acquire(self, identity: str, role: str) -> models.Credential: ...
+    def watch(
+        self, identity: str, role: str, lease_id: str = ""
+    ) -> AsyncGenerator[models.CredentialEvent, None]: ...
+    async def ack(self, identity: str, watch_id: str, rotation_id: str) -> Any: ...
+    async def renew(
+        self, identity: str, lease_id: str, increment: float | None
+    ) -> models.RenewResult: ...
+    async def release(self, identity: str, lease_id: str, *, force: bool = False) -> bool: ...
+    def list(self, role: str = "") -> list[models.LeaseInfo]: ...
+
+
+def _lease_role(lease_id: str) -> str:
+    """`database/creds/<role>/<id>` → `<role>` (for authorization); '' when not of that shape."""
+    parts = lease_id.split("/")
+    return parts[-2] if len(parts) >= 4 and parts[-3] == "creds" else ""
+
+
+class SecretsServicer(secrets_pb2_grpc.SecretsServicer):
+    def __init__(
+        self,
+        secrets: SecretSource,
+        leases: LeaseSource,
+        authz: Authorizer,
+        *,
+        kv_mount: str = "secret",
+    ) -> None:
+        self._secrets = secrets
+        self._leases = leases
+        self._authz = authz
+        self._kv_mount = kv_mount
+
+    async def GetSecret(
+        self, request: secrets_pb2.GetSecretRequest, context: Context
+    ) -> secrets_pb2.GetSecretResponse:
+        mount = validate.mount(request.mount, self._kv_mount)
+        path = validate.secret_path(request.path)
+        identity = current_identity()
+        self._authz.authorize(identity, ResourceKind.SECRET, f"{mount}/data/{path}", "read")
+        return convert.kv_secret(await self._secrets.get(mount, path, request.version))
+
+    async def GetDatabaseCredentials(
+        self, request: secrets_pb2.GetDatabaseCredentialsRequest, context: Context
+    ) -> secrets_pb2.GetDatabaseCredentialsResponse:
+        role = validate.name("role", request.role)
+        identity = current_identity()
+        self._authz.authorize(identity, ResourceKind.DATABASE, role, "read")
+        cred = await self._leases.acquire(identity.name, role)
+        return secrets_pb2.GetDatabaseCredentialsResponse(credential=convert.credential(cred))
+
+    async def WatchDatabaseCredentials(
+        self, request: secrets_pb2.WatchDatabaseCredentialsRequest, context: Context
+    ) -> AsyncIterator[secrets_pb2.CredentialEvent]:
+        role = validate.name("role", request.role)
+        lease_id = validate.lease_id(request.lease_id) if request.lease_id else ""
+        identity = current_identity()
+        self._authz.authorize(identity, ResourceKind.DATABASE, role, "watch")
+        async with aclosing(self._leases.watch(identity.name, role, lease_id)) as events:
+            async for event in events:
+                yield convert.credential_event(event)
+
+    async def AckRotation(
+        self, request: secrets_pb2.AckRotationRequest, context: Context
+    ) -> secrets_pb2.AckRotationResponse:
+        watch_id = validate.opaque_id("watch_id", request.watch_id)
+        rotation_id = validate.opaque_id("rotation_id", request.rotation_id)
+        identity = current_identity()
+        revoked_at = await self._leases.ack(identity.name, watch_id, rotation_id)
+        out = secrets_pb2.AckRotationResponse()
+        stamp = convert.ts(revoked_at)
+        if isinstance(stamp, timestamp_pb2.Timestamp):
+            out.previous_revoked_at.CopyFrom(stamp)
+        return out
+
+    async def RenewLease(
+        self, request: secrets_pb2.RenewLeaseRequest, context: Context
+    ) -> secrets_pb2.RenewLeaseResponse:
+        lease_id = validate.lease_id(request.lease_id)
+        increment = (
+            validate.increment_seconds(request.increment.ToTimedelta().total_seconds())
+            if request.HasField("increment")
+            else None
+        )
+        identity = current_identity()
+        self._authz.authorize(identity, ResourceKind.DATABASE, _lease_role(lease_id), "renew")
+        result = await self._leases.renew(identity.name, lease_id, increment)
+        return secrets_pb2.RenewLeaseResponse(
+            lease_id=result.lease_id,
+            lease_expires_at=convert.ts(result.expires_at),
+            renewable=result.renewable,
+            warnings=list(result.warnings),
+        )
+
+    async def RevokeLease(
+        self, request: secrets_pb2.RevokeLeaseRequest, context: Context
+    ) -> secrets_pb2.RevokeLeaseResponse:
+        lease_id = validate.lease_id(request.lease_id)
+        identity = current_identity()
+        role = _lease_role(lease_id)
+        self._authz.authorize(identity, ResourceKind.DATABASE, role, "revoke")
+        if request.force:
+            self._authz.authorize(identity, ResourceKind.DATABASE, role, "revoke_any")
+        revoked = await self._leases.release(identity.name, lease_id, force=request.force)
+        return secrets_pb2.RevokeLeaseResponse(revoked=revoked)
+
+    async def ListLeases(
+        self, request: secrets_pb2.ListLeasesRequest, context: Context
+    ) -> secrets_pb2.ListLeasesResponse:
+        role = validate.optional_name("role", request.role)
+        identity = current_identity()
+        self._authz.authorize(identity, ResourceKind.DATABASE, role or "*", "list_leases")
+        leases = self._leases.list(role)
+        return secrets_pb2.ListLeasesResponse(leases=[convert.lease_info(x) for x in leases])

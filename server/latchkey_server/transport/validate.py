@@ -1,0 +1,94 @@
+"""Validation of everything a caller sends. Raises `InvalidArgument` with what to fix."""
+
+from __future__ import annotations
+
+import re
+
+from latchkey_server.errors import InvalidArgument
+
+MAX_PATH = 512
+MAX_NAME = 128
+_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_TAG = re.compile(r"^[A-Za-z0-9._:=-]+$")
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_MOUNT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def _path(field: str, value: str, *, allow_trailing_slash: bool) -> str:
+    if not value:
+        raise InvalidArgument(f"{field} is required")
+    if len(value) > MAX_PATH:
+        raise InvalidArgument(f"{field} is {len(value)} characters; the limit is {MAX_PATH}")
+    body = value[:-1] if allow_trailing_slash and value.endswith("/") else value
+    if body.startswith("/") or body.endswith("/"):
+        raise InvalidArgument(f"{field} must not start or end with '/'")
+    for segment in body.split("/"):
+        if not segment:
+            raise InvalidArgument(f"{field} must not contain empty segments ('//')")
+        if segment in (".", ".."):
+            raise InvalidArgument(f"{field} must not contain '.' or '..' segments")
+        if not _SEGMENT.match(segment):
+            raise InvalidArgument(
+                f"{field} may contain only letters, digits, '.', '_', '-' and '/' separators"
+            )
+    return value
+
+
+def secret_path(value: str) -> str:
+    return _path("path", value, allow_trailing_slash=False)
+
+
+def config_key(value: str) -> str:
+    return _path("key", value, allow_trailing_slash=False)
+
+
+def config_prefix(value: str) -> str:
+    return _path("prefix", value, allow_trailing_slash=True)
+
+
+def lease_id(value: str) -> str:
+    return _path("lease_id", value, allow_trailing_slash=False)
+
+
+def mount(value: str, default: str) -> str:
+    if not value:
+        return default
+    if not _MOUNT.match(value):
+        raise InvalidArgument("mount may contain only letters, digits, '_' and '-' (max 64)")
+    return value
+
+
+def name(field: str, value: str) -> str:
+    if not value:
+        raise InvalidArgument(f"{field} is required")
+    if len(value) > MAX_NAME or not _NAME.match(value):
+        raise InvalidArgument(
+            f"{field} must be 1-{MAX_NAME} letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit"
+        )
+    return value
+
+
+def optional_name(field: str, value: str) -> str:
+    return name(field, value) if value else ""
+
+
+def tag(value: str) -> str:
+    if value and (len(value) > MAX_NAME or not _TAG.match(value)):
+        raise InvalidArgument(f"tag must be at most {MAX_NAME} of letters, digits, '.:=_-'")
+    return value
+
+
+def opaque_id(field: str, value: str) -> str:
+    if not _ID.match(value):
+        raise InvalidArgument(f"{field} must be 1-64 letters, digits, '_' or '-'")
+    return value
+
+
+def increment_seconds(seconds: float | None) -> float | None:
+    if seconds is None:
+        return None
+    if seconds < 0 or seconds > 366 * 86400:
+        raise InvalidArgument("increment must be between 0 and 366 days")
+    return seconds
