@@ -47,10 +47,15 @@ def find_consul() -> str:
 
 @dataclass
 class ConsulAgent:
-    """`consul agent -dev` bound to 127.0.0.1 with DNS and gRPC disabled."""
+    """`consul agent -dev` bound to 127.0.0.1 with DNS and gRPC disabled.
+
+    With `persistent=True` it is instead a single-node server (`-server -bootstrap-expect=1`)
+    keeping its data in `workdir/data`, so KV and indexes survive a kill and restart.
+    """
 
     workdir: Path
     binary: str = field(default_factory=find_consul)
+    persistent: bool = False
     http_port: int = 0
     serf_lan_port: int = 0
     serf_wan_port: int = 0
@@ -59,8 +64,9 @@ class ConsulAgent:
 
     def __post_init__(self) -> None:
         if not self.http_port:
-            ports = free_ports(4)
-            self.http_port, self.serf_lan_port, self.serf_wan_port, self.server_port = ports
+            self.http_port = free_ports(1)[0]
+        if not self.serf_lan_port:
+            self.serf_lan_port, self.serf_wan_port, self.server_port = free_ports(3)
 
     @property
     def http_addr(self) -> str:
@@ -82,8 +88,17 @@ class ConsulAgent:
     def start(self, timeout: float = 60.0) -> None:
         """Start the agent (again, on the same ports, after a stop) and wait for a leader."""
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.persistent:
+            data_dir = self.workdir / "data"
+            data_dir.mkdir(parents=True, exist_ok=True)
+            mode = [
+                "-server", "-bootstrap-expect=1", f"-data-dir={data_dir}",
+                "-hcl", "performance { raft_multiplier = 1 }",
+            ]  # fmt: skip
+        else:
+            mode = ["-dev"]
         argv = [
-            self.binary, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
+            self.binary, "agent", *mode, "-bind", "127.0.0.1", "-client", "127.0.0.1",
             "-node", "latchkey-dev",
             f"-http-port={self.http_port}", "-dns-port=-1", "-grpc-port=-1",
             f"-serf-lan-port={self.serf_lan_port}", f"-serf-wan-port={self.serf_wan_port}",
@@ -110,6 +125,14 @@ class ConsulAgent:
         """Kill -9 the agent (a crash, for outage tests)."""
         if self._process:
             self._process.kill()
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Stop the agent (if running) and start it again on the same ports.
+
+        A `-dev` agent comes back empty (its indexes start over); a persistent one keeps its data.
+        """
+        self.stop()
+        self.start(timeout)
 
     def log_tail(self, lines: int = 40) -> str:
         return self._process.log_tail(lines) if self._process else "(not started)"

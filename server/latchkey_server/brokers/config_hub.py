@@ -1,0 +1,265 @@
+"""Consul KV fanned out to many subscribers: one blocking query per distinct prefix.
+
+A watch stream starts with a `ConfigSnapshot` of every key under its prefix (or, with a
+`resume_index` the hub's history still covers, the missed `ConfigChange`s), then yields one
+`ConfigChange` per upstream change, interleaved with `Heartbeat`s. A subscriber too slow to keep
+up has its queued changes replaced by a fresh snapshot; nothing is lost silently.
+
+Unsubscribe by closing the stream: `async with contextlib.aclosing(hub.watch(p)) as events:`
+(cancelling the task that iterates it does the same).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import AsyncGenerator
+
+from latchkey_server.brokers.fanout import (
+    LastGood,
+    Subscriber,
+    TopicRegistry,
+    WatchedTopic,
+)
+from latchkey_server.brokers.singleflight import SingleFlight
+from latchkey_server.errors import InvalidArgument, NotFound, Unavailable
+from latchkey_server.models import (
+    ChangeType,
+    ConfigChange,
+    ConfigEntry,
+    ConfigSnapshot,
+    Freshness,
+    Heartbeat,
+    KeyChange,
+    utcnow,
+)
+from latchkey_server.upstreams.consul import ConsulUpstream
+from latchkey_server.upstreams.consul_watch import WatchSettings
+
+__all__ = ["ConfigHub", "diff_entries"]
+
+ConfigDelta = ConfigSnapshot | ConfigChange
+
+
+def diff_entries(old: dict[str, ConfigEntry], new: dict[str, ConfigEntry]) -> list[KeyChange]:
+    """Per-key puts (new or modified entries) and deletes (keys gone), sorted by key."""
+    changes: list[KeyChange] = []
+    for key in sorted(old.keys() | new.keys()):
+        before, after = old.get(key), new.get(key)
+        if after is None:
+            changes.append(KeyChange(ChangeType.DELETE, key, None))
+        elif before != after:
+            changes.append(KeyChange(ChangeType.PUT, key, after))
+    return changes
+
+
+def _validate(what: str, value: str) -> None:
+    if value.startswith("/"):
+        raise InvalidArgument(f"a config {what} must not start with '/'")
+
+
+class _PrefixTopic(WatchedTopic[ConfigDelta, list[ConfigEntry]]):
+    """One prefix: its entries, index and a bounded history of changes for resumption."""
+
+    def __init__(
+        self, prefix: str, consul: ConsulUpstream, settings: WatchSettings, history: int
+    ) -> None:
+        async def fetch(index: int | None, wait: float | None) -> tuple[int, list[ConfigEntry]]:
+            return await consul.kv_list(prefix, index=index, wait=wait)
+
+        super().__init__(f"kv:{prefix}", fetch, settings)
+        self.prefix = prefix
+        self.entries: dict[str, ConfigEntry] = {}
+        self.history_size = history
+        self.history: collections.deque[tuple[int, ConfigChange]] = collections.deque()
+        """(index before the change, the change), oldest first."""
+        self.covered_from = 0
+        """History can bring a client at any index >= this up to date."""
+
+    def apply(self, index: int, payload: list[ConfigEntry], changed: bool, reset: bool) -> None:
+        if not self.loaded or reset:
+            # First load, or the index went backwards (restore / restarted agent): the history
+            # no longer describes a path to the present.
+            self.history.clear()
+            self.covered_from = index
+        previous_index = self.index
+        self.index = index
+        if not changed:
+            return
+        new = {entry.key: entry for entry in payload}
+        old, self.entries = self.entries, new
+        if not self.loaded:
+            return
+        changes = diff_entries(old, new)
+        if not changes:
+            return
+        event = ConfigChange(tuple(changes), index, self.freshness())
+        if not reset:
+            self.history.append((previous_index, event))
+            if len(self.history) > self.history_size:
+                _, dropped = self.history.popleft()
+                self.covered_from = dropped.index
+        self.broadcast(event)
+
+    def snapshot(self) -> ConfigSnapshot:
+        entries = tuple(self.entries[key] for key in sorted(self.entries))
+        return ConfigSnapshot(entries, self.index, self.freshness())
+
+    def catch_up(self, resume_index: int, limit: int) -> list[ConfigDelta]:
+        """What a client at `resume_index` needs: nothing, missed changes, or a snapshot."""
+        if resume_index > 0:
+            if resume_index == self.index:
+                return []
+            if self.covered_from <= resume_index < self.index:
+                missed: list[ConfigDelta] = [
+                    change for _, change in self.history if change.index > resume_index
+                ]
+                if len(missed) <= limit:
+                    return missed
+        return [self.snapshot()]
+
+
+class ConfigHub:
+    """Consul KV for many readers and watchers, with one upstream watch per prefix."""
+
+    def __init__(
+        self,
+        consul: ConsulUpstream,
+        *,
+        heartbeat_interval: float = 10.0,
+        stale_limit: float = 300.0,
+        history: int = 1000,
+        linger: float = 5.0,
+        queue_size: int = 256,
+        read_cache_size: int = 1024,
+        watch_settings: WatchSettings | None = None,
+    ) -> None:
+        self._consul = consul
+        self.heartbeat_interval = heartbeat_interval
+        self.stale_limit = stale_limit
+        self.history = history
+        self.queue_size = queue_size
+        self._settings = watch_settings or WatchSettings()
+        self._topics: TopicRegistry[str, _PrefixTopic] = TopicRegistry(
+            self._new_topic, linger=linger
+        )
+        self._get_flight: SingleFlight[str, tuple[int, ConfigEntry]] = SingleFlight()
+        self._list_flight: SingleFlight[str, tuple[int, list[ConfigEntry]]] = SingleFlight()
+        self._got: LastGood[str, ConfigEntry] = LastGood(read_cache_size)
+        self._listed: LastGood[str, list[ConfigEntry]] = LastGood(read_cache_size)
+        self._closed = False
+
+    def _new_topic(self, prefix: str) -> _PrefixTopic:
+        return _PrefixTopic(prefix, self._consul, self._settings, self.history)
+
+    async def start(self) -> None:
+        """Nothing to warm up: watches start with their first subscriber."""
+        self._closed = False
+
+    async def close(self) -> None:
+        """Stop every upstream watch and end every stream with `Unavailable`."""
+        self._closed = True
+        await self._topics.close(Unavailable("the config hub is shutting down", retry_after=1.0))
+        await self._get_flight.cancel_all()
+        await self._list_flight.cancel_all()
+
+    @property
+    def active_watches(self) -> int:
+        """Upstream watches currently running (including lingering ones)."""
+        return len(self._topics)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Unavailable("the config hub is shutting down", retry_after=1.0)
+
+    def _covering(self, prefix: str) -> _PrefixTopic | None:
+        """A usable live watch whose prefix covers `prefix` (keys are plain string prefixes)."""
+        best: _PrefixTopic | None = None
+        for topic in self._topics.topics():
+            if prefix.startswith(topic.prefix) and topic.usable(self.stale_limit):
+                if topic.reachable:
+                    return topic
+                best = best or topic
+        return best
+
+    # ------------------------------------------------------------------ reads
+
+    async def get(self, key: str) -> tuple[ConfigEntry, Freshness]:
+        """One key, from a live watch when one covers it, else one (single-flight) read."""
+        self._check_open()
+        if not key:
+            raise InvalidArgument("a config key must not be empty")
+        _validate("key", key)
+        topic = self._covering(key)
+        if topic is not None:
+            entry = topic.entries.get(key)
+            if entry is None:
+                raise NotFound(f"config key {key!r} does not exist")
+            return entry, topic.freshness()
+        try:
+            index, entry = await self._get_flight.do(key, lambda: self._consul.kv_get(key))
+        except NotFound:
+            self._got.discard(key)
+            raise
+        except Unavailable:
+            cached = self._got.stale(key, self.stale_limit)
+            if cached is None:
+                raise
+            return cached
+        fresh = Freshness(index, utcnow())
+        self._got.put(key, entry, fresh)
+        return entry, fresh
+
+    async def list(self, prefix: str) -> tuple[list[ConfigEntry], Freshness]:
+        """Every key under `prefix`, sorted by key (empty when there are none)."""
+        self._check_open()
+        _validate("prefix", prefix)
+        topic = self._covering(prefix)
+        if topic is not None:
+            entries = [topic.entries[k] for k in sorted(topic.entries) if k.startswith(prefix)]
+            return entries, topic.freshness()
+        try:
+            index, entries = await self._list_flight.do(
+                prefix, lambda: self._consul.kv_list(prefix)
+            )
+        except Unavailable:
+            cached = self._listed.stale(prefix, self.stale_limit)
+            if cached is None:
+                raise
+            return list(cached[0]), cached[1]
+        fresh = Freshness(index, utcnow())
+        self._listed.put(prefix, entries, fresh)
+        return list(entries), fresh
+
+    # ------------------------------------------------------------------ streams
+
+    def watch(
+        self, prefix: str, resume_index: int = 0
+    ) -> AsyncGenerator[ConfigSnapshot | ConfigChange | Heartbeat, None]:
+        """Stream a prefix. Arguments are checked now; the subscription starts on first
+        iteration and ends when the iterator is closed (or its consumer is cancelled)."""
+        self._check_open()
+        _validate("prefix", prefix)
+        if resume_index < 0:
+            raise InvalidArgument("resume_index must not be negative")
+        return self._stream(prefix, resume_index)
+
+    async def _stream(
+        self, prefix: str, resume_index: int
+    ) -> AsyncGenerator[ConfigSnapshot | ConfigChange | Heartbeat, None]:
+        self._check_open()
+        topic = self._topics.acquire(prefix)
+        sub: Subscriber[ConfigDelta] = Subscriber(self.queue_size)
+        try:
+            await topic.wait_usable(self.stale_limit, f"config under prefix {prefix!r}")
+            for missed in topic.catch_up(resume_index, self.queue_size // 2):
+                sub.push(missed)
+            topic.subscribers.add(sub)
+            async for event in sub.stream(
+                self.heartbeat_interval,
+                lambda: Heartbeat(topic.freshness()),
+                lambda: [topic.snapshot()],
+            ):
+                yield event
+        finally:
+            topic.subscribers.discard(sub)
+            self._topics.release(prefix, topic)

@@ -1,0 +1,192 @@
+"""Consul health fanned out to many subscribers: one blocking query per (service, tag, dc).
+
+The upstream watch fetches every instance (not `?passing`) with its worst check status; each
+subscriber sees its own filtered view: passing instances, plus warning ones (flagged WARNING)
+when its query has `include_warning`. Critical instances are never served. A stream yields the
+full `InstanceSet` whenever that subscriber's filtered set changes (and first thing), plus
+`Heartbeat`s.
+
+Unsubscribe by closing the stream: `async with contextlib.aclosing(hub.watch(q)) as events:`
+(cancelling the task that iterates it does the same).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+from latchkey_server.brokers.fanout import (
+    LastGood,
+    Subscriber,
+    TopicRegistry,
+    WatchedTopic,
+)
+from latchkey_server.brokers.singleflight import SingleFlight
+from latchkey_server.errors import InvalidArgument, Unavailable
+from latchkey_server.models import (
+    Freshness,
+    HealthStatus,
+    Heartbeat,
+    Instance,
+    InstanceSet,
+    ServiceQuery,
+    utcnow,
+)
+from latchkey_server.upstreams.consul import ConsulUpstream
+from latchkey_server.upstreams.consul_watch import WatchSettings
+
+__all__ = ["DiscoveryHub", "serveable"]
+
+ServiceKey = tuple[str, str, str]
+"""(service, tag, datacenter): what one upstream watch covers."""
+
+
+def serveable(instances: list[Instance], include_warning: bool) -> tuple[Instance, ...]:
+    """The instances a subscriber may see: passing, plus warning ones if asked; never critical."""
+    allowed = {HealthStatus.PASSING}
+    if include_warning:
+        allowed.add(HealthStatus.WARNING)
+    return tuple(i for i in instances if i.health in allowed)
+
+
+def _key(query: ServiceQuery) -> ServiceKey:
+    return (query.service, query.tag, query.datacenter)
+
+
+class _ServiceSubscriber(Subscriber[InstanceSet]):
+    def __init__(self, include_warning: bool) -> None:
+        super().__init__(maxsize=1)
+        self.include_warning = include_warning
+        self.last_sent: tuple[Instance, ...] | None = None
+
+    def offer(self, instances: list[Instance], index: int, freshness: Freshness) -> None:
+        """Queue the filtered set if it differs from the last one queued (latest value wins)."""
+        view = serveable(instances, self.include_warning)
+        if view == self.last_sent:
+            return
+        self.last_sent = view
+        self.replace(InstanceSet(view, index, freshness))
+
+
+class _ServiceTopic(WatchedTopic[InstanceSet, list[Instance]]):
+    def __init__(self, key: ServiceKey, consul: ConsulUpstream, settings: WatchSettings) -> None:
+        service, tag, datacenter = key
+
+        async def fetch(index: int | None, wait: float | None) -> tuple[int, list[Instance]]:
+            return await consul.health_service(
+                service, tag=tag, datacenter=datacenter, index=index, wait=wait
+            )
+
+        super().__init__(f"health:{service}|{tag}|{datacenter}", fetch, settings)
+        self.instances: list[Instance] = []
+
+    def apply(self, index: int, payload: list[Instance], changed: bool, reset: bool) -> None:
+        self.index = index
+        if not changed:
+            return
+        self.instances = payload
+        freshness = self.freshness()
+        for sub in self.subscribers:
+            if isinstance(sub, _ServiceSubscriber):
+                sub.offer(payload, index, freshness)
+
+    def view(self, include_warning: bool) -> InstanceSet:
+        return InstanceSet(serveable(self.instances, include_warning), self.index, self.freshness())
+
+
+class DiscoveryHub:
+    """Healthy service instances for many readers and watchers, one upstream watch each."""
+
+    def __init__(
+        self,
+        consul: ConsulUpstream,
+        *,
+        heartbeat_interval: float = 10.0,
+        stale_limit: float = 300.0,
+        linger: float = 5.0,
+        read_cache_size: int = 1024,
+        watch_settings: WatchSettings | None = None,
+    ) -> None:
+        self._consul = consul
+        self.heartbeat_interval = heartbeat_interval
+        self.stale_limit = stale_limit
+        self._settings = watch_settings or WatchSettings()
+        self._topics: TopicRegistry[ServiceKey, _ServiceTopic] = TopicRegistry(
+            self._new_topic, linger=linger
+        )
+        self._flight: SingleFlight[ServiceKey, tuple[int, list[Instance]]] = SingleFlight()
+        self._last: LastGood[ServiceKey, list[Instance]] = LastGood(read_cache_size)
+        self._closed = False
+
+    def _new_topic(self, key: ServiceKey) -> _ServiceTopic:
+        return _ServiceTopic(key, self._consul, self._settings)
+
+    async def start(self) -> None:
+        """Nothing to warm up: watches start with their first subscriber."""
+        self._closed = False
+
+    async def close(self) -> None:
+        """Stop every upstream watch and end every stream with `Unavailable`."""
+        self._closed = True
+        error = Unavailable("the discovery hub is shutting down", retry_after=1.0)
+        await self._topics.close(error)
+        await self._flight.cancel_all()
+
+    @property
+    def active_watches(self) -> int:
+        return len(self._topics)
+
+    def _check(self, query: ServiceQuery) -> None:
+        if self._closed:
+            raise Unavailable("the discovery hub is shutting down", retry_after=1.0)
+        if not query.service:
+            raise InvalidArgument("a service name must not be empty")
+        if query.service.startswith("/"):
+            raise InvalidArgument("a service name must not start with '/'")
+
+    async def healthy(self, query: ServiceQuery) -> InstanceSet:
+        """The serveable instances now: from a live watch, else one (single-flight) read."""
+        self._check(query)
+        key = _key(query)
+        topic = self._topics.get(key)
+        if topic is not None and topic.usable(self.stale_limit):
+            return topic.view(query.include_warning)
+
+        try:
+            index, instances = await self._flight.do(
+                key,
+                lambda: self._consul.health_service(
+                    query.service, tag=query.tag, datacenter=query.datacenter
+                ),
+            )
+        except Unavailable:
+            cached = self._last.stale(key, self.stale_limit)
+            if cached is None:
+                raise
+            instances, fresh = cached
+            return InstanceSet(serveable(instances, query.include_warning), fresh.index, fresh)
+        fresh = Freshness(index, utcnow())
+        self._last.put(key, instances, fresh)
+        return InstanceSet(serveable(instances, query.include_warning), index, fresh)
+
+    def watch(self, query: ServiceQuery) -> AsyncGenerator[InstanceSet | Heartbeat, None]:
+        """Stream a service's serveable instances. Arguments are checked now; the subscription
+        starts on first iteration and ends when the iterator is closed."""
+        self._check(query)
+        return self._stream(query)
+
+    async def _stream(self, query: ServiceQuery) -> AsyncGenerator[InstanceSet | Heartbeat, None]:
+        self._check(query)
+        key = _key(query)
+        topic = self._topics.acquire(key)
+        sub = _ServiceSubscriber(query.include_warning)
+        try:
+            await topic.wait_usable(self.stale_limit, f"instances of service {query.service!r}")
+            sub.offer(topic.instances, topic.index, topic.freshness())
+            topic.subscribers.add(sub)
+            async for event in sub.stream(
+                self.heartbeat_interval, lambda: Heartbeat(topic.freshness())
+            ):
+                yield event
+        finally:
+            topic.subscribers.discard(sub)
+            self._topics.release(key, topic)

@@ -1,0 +1,452 @@
+"""The Consul upstream adapter: the only module that speaks Consul's HTTP API.
+
+Brokers depend on the narrow `ConsulUpstream` protocol; `ConsulAdapter` implements it over one
+shared aiohttp session with a hard connection budget. Every failure leaves this module as a
+domain error: `ConsulUnavailable` (a `Unavailable`), `NotFound` or `InvalidArgument`.
+
+Consul 1.8.7 facts this module relies on (see shared/reference/consul-notes.md):
+- `X-Consul-Index` is an integer; a 404 on a KV read still carries it.
+- A blocking query holds one HTTP/1.1 connection; the agent silently drops the 201st connection
+  from one client IP, so the adapter never opens more than `connection_budget` connections and
+  keeps a reserve of them for non-blocking reads.
+- The server adds up to wait/16 of jitter, so the read timeout is wait + wait/16 + a margin.
+"""
+
+# Why not python-consul2: it is synchronous (one thread per blocking query), returns
+# X-Consul-Index as a string and hides X-Consul-KnownLeader/LastContact, and its aio adapter
+# opens a new ClientSession per request (consul-notes §9). So we speak HTTP with aiohttp here.
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import aiohttp
+
+from latchkey_server.errors import InvalidArgument, NotFound, Unavailable
+from latchkey_server.models import ConfigEntry, HealthStatus, Instance, utcnow
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ConsulAdapter",
+    "ConsulSettings",
+    "ConsulUnavailable",
+    "ConsulUpstream",
+    "classify_checks",
+    "go_duration",
+    "read_timeout_for",
+]
+
+OP_KV_GET = "kv_get"
+OP_KV_LIST = "kv_list"
+OP_HEALTH = "health_service"
+
+_SEVERITY = {HealthStatus.PASSING: 0, HealthStatus.WARNING: 1, HealthStatus.CRITICAL: 2}
+
+
+class ConsulUnavailable(Unavailable):
+    """Consul could not be reached or refused to answer (transport error, 5xx, 401/403, 429)."""
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = 1.0, http_status: int | None = None
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.http_status = http_status
+
+
+class ConsulUpstream(Protocol):
+    """What the brokers need from Consul. Indexes are ints; `wait` is in seconds."""
+
+    async def kv_get(self, key: str) -> tuple[int, ConfigEntry]:
+        """One key (non-blocking). Raises `NotFound` when it does not exist."""
+        ...
+
+    async def kv_list(
+        self, prefix: str, index: int | None = None, wait: float | None = None
+    ) -> tuple[int, list[ConfigEntry]]:
+        """Every key under `prefix`, sorted by key; blocks when `index` is given."""
+        ...
+
+    async def health_service(
+        self,
+        service: str,
+        *,
+        tag: str = "",
+        datacenter: str = "",
+        index: int | None = None,
+        wait: float | None = None,
+    ) -> tuple[int, list[Instance]]:
+        """All instances of `service` (not only passing), each classified by its worst check."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConsulSettings:
+    """How the adapter reaches Consul. Built by the caller; the environment is never read."""
+
+    address: str = "http://127.0.0.1:8500"
+    """Agent HTTP address: `http(s)://host:port` or `host:port`."""
+    token: str | None = field(default=None, repr=False)
+    """ACL token sent as `X-Consul-Token`; `CONSUL_HTTP_TOKEN` is deliberately ignored."""
+    connection_budget: int = 64
+    """Hard cap on simultaneous connections to the agent (1.8.7 drops the 201st per IP)."""
+    blocking_reserve: int = 0
+    """Connections kept free of blocking queries for plain reads (0: budget // 8, at least 1)."""
+    default_wait: float = 55.0
+    """`wait` used when a blocking query gives an index without a wait."""
+    connect_timeout: float = 5.0
+    """Seconds to open a TCP connection."""
+    pool_timeout: float = 10.0
+    """Seconds to wait for a free connection from the budget (includes connecting)."""
+    request_timeout: float = 10.0
+    """Read timeout of non-blocking requests."""
+    timeout_margin: float = 5.0
+    """Added to wait + wait/16 for the read timeout of blocking queries."""
+    max_stale: float = 10.0
+    """Health reads use `?stale`; if the answering server lost the leader longer ago than
+    this (X-Consul-LastContact) or knows no leader, the read is repeated in default mode."""
+
+
+def go_duration(seconds: float) -> str:
+    """A Go duration string for `wait` (milliseconds, at least 1 ms)."""
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
+def read_timeout_for(wait: float, margin: float) -> float:
+    """Client read timeout of a blocking query: the server may add up to wait/16 of jitter."""
+    return wait + wait / 16 + margin
+
+
+def classify_checks(checks: list[Any]) -> HealthStatus:
+    """The worst status among an instance's checks (node checks included); unknown = critical."""
+    worst = HealthStatus.PASSING
+    for check in checks:
+        raw = check.get("Status") if isinstance(check, dict) else None
+        try:
+            status = HealthStatus(raw)
+        except ValueError:
+            status = HealthStatus.CRITICAL
+        if _SEVERITY[status] > _SEVERITY[worst]:
+            worst = status
+    return worst
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    status: int
+    index: int
+    known_leader: bool
+    last_contact_ms: int
+    body: bytes
+
+
+def _int_header(headers: Mapping[str, str], name: str, default: int = 0) -> int:
+    raw = headers.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        return default
+
+
+def _check_key(what: str, key: str) -> None:
+    if key.startswith("/"):
+        raise InvalidArgument(f"Consul {what} must not start with '/'")
+
+
+def _decode_json(reply: _Reply) -> Any:
+    try:
+        return json.loads(reply.body)
+    except ValueError as exc:
+        raise ConsulUnavailable("Consul sent a response that is not JSON") from exc
+
+
+def _entry(raw: Any) -> ConfigEntry:
+    value_b64 = raw.get("Value")
+    try:
+        value = base64.b64decode(value_b64, validate=True) if value_b64 else b""
+    except (binascii.Error, TypeError) as exc:
+        raise ConsulUnavailable("Consul sent a KV value that is not base64") from exc
+    return ConfigEntry(
+        key=str(raw["Key"]),
+        value=value,
+        create_index=int(raw.get("CreateIndex") or 0),
+        modify_index=int(raw.get("ModifyIndex") or 0),
+        flags=int(raw.get("Flags") or 0),
+    )
+
+
+def _instance(raw: Any) -> Instance:
+    node = raw.get("Node") or {}
+    svc = raw.get("Service") or {}
+    meta = svc.get("Meta") or {}
+    return Instance(
+        id=str(svc.get("ID") or ""),
+        node=str(node.get("Node") or ""),
+        address=str(svc.get("Address") or node.get("Address") or ""),
+        port=int(svc.get("Port") or 0),
+        tags=tuple(str(t) for t in (svc.get("Tags") or ())),
+        meta={str(k): str(v) for k, v in meta.items()},
+        health=classify_checks(list(raw.get("Checks") or ())),
+        datacenter=str(node.get("Datacenter") or ""),
+    )
+
+
+class ConsulAdapter:
+    """`ConsulUpstream` over aiohttp: one session, a connection budget, counters.
+
+    Create it anywhere; the session is opened inside the running loop on first use. Close it
+    with `close()` (or `async with`).
+    """
+
+    def __init__(self, settings: ConsulSettings | None = None) -> None:
+        self.settings = settings or ConsulSettings()
+        address = self.settings.address.rstrip("/")
+        if "://" not in address:
+            address = f"http://{address}"
+        self._base = address
+        if self.settings.connection_budget < 2:
+            raise ValueError("connection_budget must be at least 2")
+        reserve = self.settings.blocking_reserve or max(1, self.settings.connection_budget // 8)
+        self._blocking_capacity = max(1, self.settings.connection_budget - reserve)
+        self._blocking_slots = asyncio.Semaphore(self._blocking_capacity)
+        self._headers: dict[str, str] = {"Accept": "application/json"}
+        if self.settings.token:
+            self._headers["X-Consul-Token"] = self.settings.token
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+        self.requests_started: Counter[str] = Counter()
+        """Upstream requests started, per operation (`kv_get`, `kv_list`, `health_service`)."""
+        self._in_flight: Counter[str] = Counter()
+        self._in_flight_by_target: Counter[tuple[str, str]] = Counter()
+        self._reachable = True
+        self._last_contact: datetime | None = None
+
+    # ------------------------------------------------------------------ lifecycle and counters
+
+    @property
+    def name(self) -> str:
+        return "consul"
+
+    @property
+    def reachable(self) -> bool:
+        """Whether the most recent request got an answer from the agent."""
+        return self._reachable
+
+    @property
+    def last_contact(self) -> datetime | None:
+        """When the agent last answered (any HTTP status counts as contact)."""
+        return self._last_contact
+
+    async def __aenter__(self) -> ConsulAdapter:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def connection_budget(self) -> int:
+        return self.settings.connection_budget
+
+    @property
+    def blocking_capacity(self) -> int:
+        """How many blocking queries may run at once (the budget minus the read reserve)."""
+        return self._blocking_capacity
+
+    @property
+    def requests_in_flight(self) -> int:
+        """Requests started and not finished; each holds (or waits for) one connection."""
+        return sum(self._in_flight.values())
+
+    def in_flight(self, op: str, target: str | None = None) -> int:
+        """Requests in flight for one operation, optionally for one prefix/key/service."""
+        if target is None:
+            return self._in_flight[op]
+        return self._in_flight_by_target[(op, target)]
+
+    @property
+    def connections_open(self) -> int:
+        """Connections currently checked out of the pool (best effort, for metrics)."""
+        connector = self._session.connector if self._session else None
+        if connector is None:
+            return 0
+        acquired = getattr(connector, "_acquired", None)
+        return len(acquired) if acquired is not None else 0
+
+    def _ensure_session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise ConsulUnavailable("the Consul adapter is closed", retry_after=None)
+        if self._session is None:
+            budget = self.settings.connection_budget
+            connector = aiohttp.TCPConnector(limit=budget, limit_per_host=budget)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers=self._headers,
+                trust_env=False,  # no proxies or netrc from the environment
+                raise_for_status=False,
+            )
+        return self._session
+
+    # ------------------------------------------------------------------ the API
+
+    async def kv_get(self, key: str) -> tuple[int, ConfigEntry]:
+        if not key:
+            raise InvalidArgument("a Consul key must not be empty")
+        _check_key("key", key)
+        reply = await self._get(OP_KV_GET, key, f"/v1/kv/{quote(key, safe='/')}", {}, None, None)
+        if reply.status == 404:
+            raise NotFound(f"config key {key!r} does not exist")
+        data = _decode_json(reply)
+        if not isinstance(data, list) or not data:
+            raise NotFound(f"config key {key!r} does not exist")
+        return reply.index, _entry(data[0])
+
+    async def kv_list(
+        self, prefix: str, index: int | None = None, wait: float | None = None
+    ) -> tuple[int, list[ConfigEntry]]:
+        _check_key("prefix", prefix)
+        path = f"/v1/kv/{quote(prefix, safe='/')}"
+        reply = await self._get(OP_KV_LIST, prefix, path, {"recurse": ""}, index, wait)
+        if reply.status == 404:
+            return reply.index, []
+        data = _decode_json(reply)
+        if not isinstance(data, list):
+            raise ConsulUnavailable("Consul sent an unexpected KV list shape")
+        entries = sorted((_entry(item) for item in data), key=lambda e: e.key)
+        return reply.index, entries
+
+    async def health_service(
+        self,
+        service: str,
+        *,
+        tag: str = "",
+        datacenter: str = "",
+        index: int | None = None,
+        wait: float | None = None,
+    ) -> tuple[int, list[Instance]]:
+        if not service:
+            raise InvalidArgument("a service name must not be empty")
+        target = f"{service}|{tag}|{datacenter}"
+        path = f"/v1/health/service/{quote(service, safe='')}"
+        params: dict[str, str] = {}
+        if tag:
+            params["tag"] = tag
+        if datacenter:
+            params["dc"] = datacenter
+        reply = await self._get(OP_HEALTH, target, path, {**params, "stale": ""}, index, wait)
+        too_stale = reply.last_contact_ms > self.settings.max_stale * 1000
+        if reply.status == 200 and (not reply.known_leader or too_stale):
+            # A stale server may answer with old (even empty) data; confirm with the leader.
+            reply = await self._get(OP_HEALTH, target, path, params, None, None)
+        if reply.status == 404:
+            return reply.index, []
+        data = _decode_json(reply)
+        if not isinstance(data, list):
+            raise ConsulUnavailable("Consul sent an unexpected health shape")
+        instances = sorted((_instance(item) for item in data), key=lambda i: (i.node, i.id))
+        return reply.index, instances
+
+    # ------------------------------------------------------------------ HTTP
+
+    @contextlib.asynccontextmanager
+    async def _tracked(self, op: str, target: str) -> AsyncIterator[None]:
+        self.requests_started[op] += 1
+        self._in_flight[op] += 1
+        self._in_flight_by_target[(op, target)] += 1
+        try:
+            yield
+        finally:
+            self._in_flight[op] -= 1
+            self._in_flight_by_target[(op, target)] -= 1
+            if self._in_flight_by_target[(op, target)] <= 0:
+                del self._in_flight_by_target[(op, target)]
+
+    async def _get(
+        self,
+        op: str,
+        target: str,
+        path: str,
+        params: dict[str, str],
+        index: int | None,
+        wait: float | None,
+    ) -> _Reply:
+        session = self._ensure_session()
+        blocking = bool(index and index > 0)
+        query = dict(params)
+        if blocking:
+            wait = self.settings.default_wait if wait is None else wait
+            query["index"] = str(index)
+            query["wait"] = go_duration(wait)
+            read_timeout = read_timeout_for(wait, self.settings.timeout_margin)
+        else:
+            read_timeout = self.settings.request_timeout
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=self.settings.pool_timeout,
+            sock_connect=self.settings.connect_timeout,
+            sock_read=read_timeout,
+        )
+        slot = self._blocking_slots if blocking else contextlib.nullcontext()
+        async with self._tracked(op, target):
+            try:
+                async with (
+                    slot,
+                    session.get(
+                        self._base + path, params=query, timeout=timeout, allow_redirects=False
+                    ) as resp,
+                ):
+                    body = await resp.read()
+                    reply = _Reply(
+                        status=resp.status,
+                        index=_int_header(resp.headers, "X-Consul-Index"),
+                        known_leader=resp.headers.get("X-Consul-KnownLeader", "true") == "true",
+                        last_contact_ms=_int_header(resp.headers, "X-Consul-LastContact"),
+                        body=body,
+                    )
+            except TimeoutError as exc:
+                self._reachable = False
+                log.warning("consul %s timed out", op)
+                raise ConsulUnavailable("Consul did not answer in time") from exc
+            except (aiohttp.ClientError, OSError) as exc:
+                self._reachable = False
+                log.warning("consul %s failed: %s", op, type(exc).__name__)
+                raise ConsulUnavailable("Consul is unreachable") from exc
+        self._reachable = True
+        self._last_contact = utcnow()
+        return self._check_status(op, reply)
+
+    @staticmethod
+    def _check_status(op: str, reply: _Reply) -> _Reply:
+        status = reply.status
+        if status in (200, 404):
+            return reply
+        log.warning("consul %s answered HTTP %d", op, status)
+        if status == 400:
+            raise InvalidArgument("Consul rejected the request as malformed (HTTP 400)")
+        if status in (401, 403):
+            raise ConsulUnavailable(
+                f"Consul denied the gateway's request (HTTP {status}); check its ACL token",
+                retry_after=5.0,
+                http_status=status,
+            )
+        raise ConsulUnavailable(
+            f"Consul answered HTTP {status}", retry_after=1.0, http_status=status
+        )
