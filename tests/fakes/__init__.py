@@ -1,0 +1,1 @@
+"""In-memory test doubles for the upstreams."""
