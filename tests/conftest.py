@@ -7,7 +7,7 @@ from collections.abc import Generator
 
 import pytest
 
-pytest_plugins = ["tests.fixtures.components"]
+pytest_plugins = ["tests.fixtures.components", "tests.fixtures.vault", "tests.fixtures.gateway"]
 
 # Variables from a developer's `.latchkey/dev.env` or shell must not steer the tests; libraries
 # such as python-consul2 and hvac read them and would otherwise talk to the dev stack.

@@ -59,6 +59,10 @@ class ConsulSettings(_Section):
     """Hard cap on concurrent connections to the agent (Consul 1.8 drops the 201st per IP)."""
     wait: float = Field(default=55.0, ge=1, le=600)
     """Blocking-query wait in seconds (an abandoned query holds its slot this long)."""
+    rate_burst: int = Field(default=2, ge=1)
+    """Per-watch token bucket: quick upstream re-reads allowed back to back."""
+    rate_refill: float = Field(default=15.0, gt=0)
+    """Per-watch token bucket: seconds to earn another re-read under sustained churn."""
 
 
 class LeaseSettings(_Section):

@@ -1,43 +1,154 @@
-"""`latchkey-server dev`: the local stack in the foreground, torn down on Ctrl-C."""
+"""`latchkey-server dev`: the whole local stack in the foreground, torn down on Ctrl-C.
+
+Starts a real Consul agent, PostgreSQL (LATCHKEY_DEMO_PG_DSN, else a throwaway cluster), the
+vault-dev Vault stand-in and the gateway; seeds the demo; writes `.latchkey/dev.env`.
+"""
 
 from __future__ import annotations
 
+import os
+import secrets
 import signal
+import sys
 import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import click
+import grpc
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from latchkey_server.access.tokens import append_token, generate_token
 from latchkey_server.devstack.consul import ConsulAgent
 from latchkey_server.devstack.devenv import write_dev_env
+from latchkey_server.devstack.ports import preferred_port
 from latchkey_server.devstack.postgres import PostgresCluster
+from latchkey_server.devstack.process import ManagedProcess
+from latchkey_server.devstack.seed import (
+    DEMO_CONFIG_PREFIX,
+    DEMO_ROLE,
+    DEMO_SECRET_PATH,
+    seed_consul,
+    seed_postgres,
+    seed_vault,
+)
+
+DEV_IDENTITY = "dev"
+
+
+def _server_cmd() -> list[str]:
+    return [sys.executable, "-m", "latchkey_server"]
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 (loopback URL we built)
+            return bool(resp.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def _grpc_serving(addr: str) -> bool:
+    try:
+        with grpc.insecure_channel(addr) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+    except grpc.RpcError:
+        return False
 
 
 def run_dev(state_dir: Path) -> None:
-    """Start Consul and PostgreSQL, write dev.env, block until SIGINT/SIGTERM, stop everything."""
+    """Start everything, write dev.env, block until SIGINT/SIGTERM, stop in reverse order."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    consul = ConsulAgent(state_dir / "consul")
-    postgres = PostgresCluster()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    logs = state_dir / "logs"
+    consul = ConsulAgent(state_dir / "consul", http_port=preferred_port(8500))
+    external_pg = os.environ.get("LATCHKEY_DEMO_PG_DSN")
+    postgres = None if external_pg else PostgresCluster()
+    vault_port = preferred_port(8200)
+    root_token = "dev-root-" + secrets.token_hex(8)
+    vault = ManagedProcess(
+        "vault-dev",
+        [*_server_cmd(), "vault-dev", "--listen", f"127.0.0.1:{vault_port}",
+         "--root-token", root_token],
+        logs / "vault-dev.log",
+    )  # fmt: skip
+    gateway_port = preferred_port(7400)
+    gateway_cfg = state_dir / "gateway.yaml"
+    gateway = ManagedProcess(
+        "latchkey gateway", [*_server_cmd(), "serve", "--config", str(gateway_cfg)],
+        logs / "gateway.log",
+    )  # fmt: skip
     try:
         click.echo("starting consul agent -dev ...", err=True)
         consul.start()
-        click.echo("starting PostgreSQL (password auth) ...", err=True)
-        postgres.start()
+        if postgres is not None:
+            click.echo("starting PostgreSQL (password auth) ...", err=True)
+            postgres.start()
+        admin_dsn = external_pg or (postgres.dsn if postgres else "")
+        click.echo("starting vault-dev ...", err=True)
+        vault.start()
+        vault_addr = f"http://127.0.0.1:{vault_port}"
+        vault.wait_ready(lambda: _http_ok(f"{vault_addr}/v1/sys/health"), 30)
+        click.echo("seeding the demo ...", err=True)
+        db = seed_postgres(admin_dsn)
+        approle = seed_vault(vault_addr, root_token, db)
+        seed_consul(consul.http_addr)
+        tokens_file = state_dir / "tokens.yaml"
+        tokens_file.unlink(missing_ok=True)
+        dev_token = generate_token()
+        append_token(tokens_file, DEV_IDENTITY, dev_token)
+        config = {
+            "listen": f"127.0.0.1:{gateway_port}",
+            "vault": {
+                "addr": vault_addr,
+                "approle_role_id": approle.role_id,
+                "approle_secret_id": approle.secret_id,
+            },
+            "consul": {"addr": consul.http_addr},
+            "auth": {"tokens_file": str(tokens_file)},
+        }
+        fd = os.open(gateway_cfg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            yaml.safe_dump(config, fh, sort_keys=False)
+        click.echo("starting the latchkey gateway ...", err=True)
+        gateway.start()
+        gateway_addr = f"127.0.0.1:{gateway_port}"
+        gateway.wait_ready(lambda: _grpc_serving(gateway_addr), 60)
         env_path = state_dir / "dev.env"
         write_dev_env(
             env_path,
-            {"CONSUL_HTTP_ADDR": consul.http_addr, "LATCHKEY_DEMO_PG_DSN": postgres.dsn},
+            {
+                "LATCHKEY_ADDR": gateway_addr,
+                "LATCHKEY_TOKEN": dev_token,
+                "VAULT_ADDR": vault_addr,
+                "VAULT_TOKEN": root_token,
+                "CONSUL_HTTP_ADDR": consul.http_addr,
+                "LATCHKEY_DEMO_DB_ROLE": DEMO_ROLE,
+                "LATCHKEY_DEMO_PG_DSN": db.admin_dsn,
+            },
         )
         click.echo(
-            f"ready\n"
-            f"  Consul      {consul.url}\n"
-            f"  PostgreSQL  127.0.0.1:{postgres.port} (admin DSN in {env_path})\n"
-            f"  source {env_path}  to use them from a shell; Ctrl-C stops everything."
+            "ready: latchkey gateway on "
+            f"{gateway_addr} (Vault {vault_addr}, Consul {consul.url})\n"
+            f"  1. source {env_path}\n"
+            f"  2. latchkey db creds $LATCHKEY_DEMO_DB_ROLE      # a PostgreSQL login\n"
+            f"  3. latchkey secrets get {DEMO_SECRET_PATH} --format json\n"
+            f"  4. latchkey config watch {DEMO_CONFIG_PREFIX}      # then: consul kv put ...\n"
+            f"  5. latchkey services watch web; Ctrl-C here stops everything"
         )
+        sys.stdout.flush()
         stop.wait()
     finally:
-        click.echo("stopping ...", err=True)
-        postgres.stop()
+        click.echo("stopping (revoking leases) ...", err=True)
+        gateway.stop(timeout=30)
+        vault.stop(timeout=30)
+        if postgres is not None:
+            postgres.stop()
         consul.stop()
+        click.echo("stopped", err=True)

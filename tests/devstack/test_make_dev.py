@@ -1,0 +1,85 @@
+"""`latchkey-server dev` (what `make dev` runs): ready, dev.env, credentials that log in."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import grpc
+import psycopg
+
+from latchkey.v1 import secrets_pb2, secrets_pb2_grpc
+from latchkey_server.devstack.postgres import PostgresCluster
+
+REQUIRED = {
+    "LATCHKEY_ADDR", "LATCHKEY_TOKEN", "VAULT_ADDR", "VAULT_TOKEN", "CONSUL_HTTP_ADDR",
+    "LATCHKEY_DEMO_DB_ROLE", "LATCHKEY_DEMO_PG_DSN",
+}  # fmt: skip
+
+
+def _read_env(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("export "):
+            name, _, raw = line[len("export ") :].partition("=")
+            values[name] = shlex.split(raw)[0] if raw else ""
+    return values
+
+
+def _wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> list[str]:
+    seen: list[str] = []
+    found = threading.Event()
+
+    def reader() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            seen.append(line)
+            if needle in line:
+                found.set()
+                return
+
+    threading.Thread(target=reader, daemon=True).start()
+    assert found.wait(timeout), f"`latchkey-server dev` never printed {needle!r}: {seen}"
+    return seen
+
+
+def test_dev_stack_ready_and_credentials_log_in(tmp_path: Path, postgres: PostgresCluster) -> None:
+    state = tmp_path / "state"
+    env = {**os.environ, "LATCHKEY_DEMO_PG_DSN": postgres.dsn}
+    log = (tmp_path / "dev.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "latchkey_server", "dev", "--state-dir", str(state)],
+        stdout=subprocess.PIPE, stderr=log, text=True, env=env, start_new_session=True,
+    )  # fmt: skip
+    try:
+        _wait_for_line(proc, "ready", timeout=120)
+        values = _read_env(state / "dev.env")
+        assert set(values) >= REQUIRED
+        assert (state / "dev.env").stat().st_mode & 0o077 == 0
+        with grpc.insecure_channel(values["LATCHKEY_ADDR"]) as channel:
+            stub = secrets_pb2_grpc.SecretsStub(channel)
+            reply = stub.GetDatabaseCredentials(
+                secrets_pb2.GetDatabaseCredentialsRequest(role=values["LATCHKEY_DEMO_DB_ROLE"]),
+                metadata=(("authorization", f"Bearer {values['LATCHKEY_TOKEN']}"),),
+                timeout=30,
+            )
+        cred = reply.credential
+        dsn = postgres.dsn_for(cred.username, cred.password, "demo")
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute("SELECT count(*) FROM items").fetchone()
+        assert row is not None
+        assert row[0] == 3
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=90)
+        log.close()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert code == 0, (tmp_path / "dev.log").read_text()[-3000:]
+    # Ctrl-C stopped everything and revoked the leases: the credential no longer logs in.
+    assert not postgres.can_login(cred.username, cred.password, "demo")
