@@ -24,13 +24,11 @@ import functools
 import itertools
 import logging
 import math
-import random
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import hvac
@@ -47,12 +45,20 @@ from latchkey_server.errors import (
     Unavailable,
 )
 from latchkey_server.models import KvSecret
+from latchkey_server.upstreams._retry import backoff_delay
+from latchkey_server.upstreams._vault_config import (
+    AppRoleAuth,
+    TokenAuth,
+    VaultAdapterConfig,
+    config_from_settings,
+)
+from latchkey_server.upstreams._vault_responses import kv_secret, response_warnings
+from latchkey_server.upstreams._vault_tokens import TokenKeeper, TokenRecord, utc
 from latchkey_server.upstreams.vault_port import (
     VAULT_SYSTEM_MAX_TTL,
     IssuedLease,
     ReachabilityListener,
     RenewedLease,
-    TokenDeadlineListener,
 )
 
 if TYPE_CHECKING:
@@ -60,51 +66,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("latchkey.upstreams.vault")
 
+__all__ = [
+    "AppRoleAuth",
+    "ClientFactory",
+    "TokenAuth",
+    "VaultAdapter",
+    "VaultAdapterConfig",
+    "backoff_delay",
+    "translate_error",
+    "vault_messages",
+]
+
 T = TypeVar("T")
 ClientFactory = Callable[[str | None], Any]
 """Builds an hvac.Client-like object for a token (None: unauthenticated, for logging in)."""
-
-
-# ---------------------------------------------------------------- configuration
-
-
-@dataclass(frozen=True, slots=True)
-class TokenAuth:
-    """Authenticate with a given token (renewed while it is renewable; never revoked by us)."""
-
-    token: str = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class AppRoleAuth:
-    """Authenticate with AppRole; the adapter owns (renews, replaces, revokes) its tokens."""
-
-    role_id: str = field(repr=False)
-    secret_id: str = field(repr=False)
-    mount: str = "approle"
-
-
-@dataclass(frozen=True, slots=True)
-class VaultAdapterConfig:
-    addr: str
-    """Vault address, e.g. http://127.0.0.1:8200."""
-    auth: TokenAuth | AppRoleAuth = field(repr=False)
-    timeout: float = 10.0
-    """Per-request timeout in seconds."""
-    pool_size: int = 8
-    """Threads running hvac calls."""
-    verify: bool | str = True
-    """TLS verification: a bool or a CA bundle path."""
-    retry_attempts: int = 3
-    """Attempts per idempotent call on transient errors."""
-    retry_base_delay: float = 0.2
-    retry_max_delay: float = 2.0
-    token_renew_fraction: float = 2 / 3
-    """Renew a token when this fraction of its TTL has passed."""
-    role_ttl_cache: float = 60.0
-    """Seconds a role's max TTL stays cached."""
-    revoke_tokens_on_close: bool = True
-    """On close, revoke the tokens the adapter logged in for (AppRole only)."""
 
 
 # ---------------------------------------------------------------- error translation
@@ -173,65 +148,12 @@ def translate_error(
     return LatchkeyError(f"internal error while asking Vault to {action}")
 
 
-def backoff_delay(attempt: int, base: float, cap: float) -> float:
-    """Exponential backoff with full jitter: uniform(0, min(cap, base * 2**attempt))."""
-    return random.uniform(0.0, min(cap, base * (2.0**attempt)))
-
-
-def _utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, UTC)
-
-
-def _parse_time(raw: object) -> datetime | None:
-    if not isinstance(raw, str) or not raw:
-        return None
-    text = raw.replace("Z", "+00:00")
-    # Go writes nanoseconds; Python parses at most microseconds.
-    text = re.sub(r"(\.\d{6})\d+", r"\1", text)
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _capped(granted: float, wanted: float, warnings: Sequence[str]) -> bool:
-    return granted + 0.5 < wanted or any("capped" in w or "max_ttl" in w for w in warnings)
-
-
-def _warnings(resp: Any) -> tuple[str, ...]:
-    raw = resp.get("warnings") if isinstance(resp, dict) else None
-    return tuple(str(w) for w in raw) if isinstance(raw, list) else ()
-
-
-# ---------------------------------------------------------------- tokens
-
-_labels = itertools.count(1)
-
-
-@dataclass(eq=False)
-class _Token:
-    client: Any = field(repr=False)
-    owned: bool
-    ttl: float
-    """TTL granted at login/creation (0: never expires)."""
-    renewable: bool
-    expires_at: float | None
-    next_renew_at: float | None
-    hard_deadline: float | None = None
-    label: str = field(default_factory=lambda: f"token#{next(_labels)}")
-    leases: dict[str, float] = field(default_factory=dict)
-    """Lease id → when the lease expires (wall clock) as last reported by Vault."""
-    failures: int = 0
-    dead: bool = False
-
-
 # ---------------------------------------------------------------- the adapter
 
 
-class VaultAdapter:
+class VaultAdapter(TokenKeeper):
     """Implements `VaultUpstream` over hvac. Also exposes `name`/`reachable`/`last_contact`
-    for the gateway's status service."""
+    for the gateway's status service. Token bookkeeping lives in `TokenKeeper`."""
 
     name = "vault"
 
@@ -242,49 +164,19 @@ class VaultAdapter:
         client_factory: ClientFactory | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.config = config
+        super().__init__(config, clock)
         self._factory: ClientFactory = client_factory or self._hvac_client
-        self._clock = clock
         self._pool = ThreadPoolExecutor(
             max_workers=config.pool_size, thread_name_prefix="latchkey-vault"
         )
-        self._tokens: list[_Token] = []
-        self._current: _Token | None = None
-        self._login_task: asyncio.Task[_Token] | None = None
-        self._keeper: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
-        self._closed = False
         self._reachable = True
         self._last_contact: datetime | None = None
-        self._deadline_listeners: list[TokenDeadlineListener] = []
         self._reach_listeners: list[ReachabilityListener] = []
         self._role_ttl: dict[tuple[str, str], tuple[float | None, float]] = {}
-        self.logins = 0
-        """How many times the adapter has authenticated (observable by tests and metrics)."""
 
     @classmethod
     def from_settings(cls, settings: VaultSettings) -> VaultAdapter:
-        auth: TokenAuth | AppRoleAuth
-        if settings.approle_role_id is not None and settings.approle_secret_id is not None:
-            auth = AppRoleAuth(
-                settings.approle_role_id,
-                settings.approle_secret_id.get_secret_value(),
-                mount=settings.approle_mount,
-            )
-        elif settings.token is not None:
-            auth = TokenAuth(settings.token.get_secret_value())
-        else:
-            raise InvalidArgument(
-                "set vault.token or vault.approle_role_id + vault.approle_secret_id"
-            )
-        return cls(
-            VaultAdapterConfig(
-                addr=settings.addr,
-                auth=auth,
-                timeout=settings.timeout,
-                pool_size=settings.pool_size,
-            )
-        )
+        return cls(config_from_settings(settings))
 
     def _hvac_client(self, token: str | None) -> Any:
         return hvac.Client(
@@ -311,27 +203,13 @@ class VaultAdapter:
     def last_contact(self) -> datetime | None:
         return self._last_contact
 
-    @property
-    def token_count(self) -> int:
-        """Tokens currently kept alive (the current one plus old ones that still own leases)."""
-        return len(self._tokens)
-
-    def add_token_deadline_listener(self, listener: TokenDeadlineListener) -> Callable[[], None]:
-        self._deadline_listeners.append(listener)
-        return lambda: self._discard(self._deadline_listeners, listener)
-
     def add_reachability_listener(self, listener: ReachabilityListener) -> Callable[[], None]:
         self._reach_listeners.append(listener)
         return lambda: self._discard(self._reach_listeners, listener)
 
-    @staticmethod
-    def _discard(items: list[Any], item: object) -> None:
-        with contextlib.suppress(ValueError):
-            items.remove(item)
-
     def _note(self, *, answered: bool) -> None:
         if answered:
-            self._last_contact = _utc(self._clock())
+            self._last_contact = utc(self._clock())
         if answered != self._reachable:
             self._reachable = answered
             log.warning("vault is %s", "reachable again" if answered else "unreachable")
@@ -340,17 +218,6 @@ class VaultAdapter:
                     listener(answered)
                 except Exception:
                     log.exception("reachability listener failed")
-
-    def _notify_deadline(self, tok: _Token) -> None:
-        if tok.hard_deadline is None or not tok.leases:
-            return
-        leases, when = tuple(tok.leases), _utc(tok.hard_deadline)
-        log.info("%s ends at %s; %d lease(s) must move first", tok.label, when, len(leases))
-        for listener in list(self._deadline_listeners):
-            try:
-                listener(leases, when)
-            except Exception:
-                log.exception("token deadline listener failed")
 
     # ------------------------------------------------------------ calling hvac
 
@@ -390,27 +257,6 @@ class VaultAdapter:
                 return result
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _token(self) -> _Token:
-        """The current token, logging in first if needed; starts the token keeper."""
-        if self._closed:
-            raise Unavailable("the Vault adapter is closed", retry_after=1.0)
-        if self._keeper is None:
-            self._keeper = asyncio.create_task(self._keep_tokens(), name="vault-token-keeper")
-        if self._current is not None and not self._current.dead:
-            return self._current
-        return await self._relogin()
-
-    async def _relogin(self) -> _Token:
-        """Authenticate (single-flight: concurrent callers share one login)."""
-        if self._login_task is None or self._login_task.done():
-            self._login_task = asyncio.create_task(self._login(), name="vault-login")
-        task = self._login_task
-        try:
-            return await asyncio.shield(task)
-        finally:
-            if task.done() and self._login_task is task:
-                self._login_task = None
-
     async def _with_token(
         self,
         call: Callable[[Any], T],
@@ -418,7 +264,7 @@ class VaultAdapter:
         action: str,
         idempotent: bool,
         not_found: str | None = None,
-    ) -> tuple[T, _Token]:
+    ) -> tuple[T, TokenRecord]:
         """Run `call(client)` with the current token; once re-login and retry if it died."""
         tok = await self._token()
         try:
@@ -437,7 +283,7 @@ class VaultAdapter:
             )  # fmt: skip
             return result, tok
 
-    async def _token_alive(self, tok: _Token) -> bool:
+    async def _token_alive(self, tok: TokenRecord) -> bool:
         try:
             await self._call(
                 tok.client.auth.token.lookup_self, action="look up its own token", idempotent=True
@@ -446,24 +292,9 @@ class VaultAdapter:
             return False
         return True
 
-    def _bury(self, tok: _Token) -> None:
-        """A token died (expired or revoked): its leases are gone in Vault."""
-        if tok.dead:
-            return
-        log.warning("vault %s is no longer valid", tok.label)
-        tok.dead = True
-        tok.hard_deadline = self._clock()
-        self._notify_deadline(tok)
-        tok.leases.clear()
-        if tok in self._tokens:
-            self._tokens.remove(tok)
-        if self._current is tok:
-            self._current = None
-        self._wake.set()
+    # ------------------------------------------------------------ authentication and token calls
 
-    # ------------------------------------------------------------ authentication
-
-    async def _login(self) -> _Token:
+    async def _login(self) -> TokenRecord:
         auth, now = self.config.auth, self._clock()
         if isinstance(auth, AppRoleAuth):
             anon = self._factory(None)
@@ -476,7 +307,7 @@ class VaultAdapter:
             )  # fmt: skip
             data = resp["auth"]
             ttl = float(data.get("lease_duration") or 0)
-            tok = _Token(
+            tok = TokenRecord(
                 client=self._factory(str(data["client_token"])),
                 owned=True,
                 ttl=ttl,
@@ -491,7 +322,7 @@ class VaultAdapter:
             )
             data = resp.get("data") or {}
             ttl = float(data.get("ttl") or 0)
-            tok = _Token(
+            tok = TokenRecord(
                 client=client,
                 owned=False,
                 ttl=float(data.get("creation_ttl") or ttl),
@@ -501,119 +332,18 @@ class VaultAdapter:
             )
             if tok.expires_at is not None and not tok.renewable:
                 tok.hard_deadline = tok.expires_at
-        if tok.renewable and tok.expires_at is not None:
-            tok.next_renew_at = now + ttl * self.config.token_renew_fraction
-        self.logins += 1
-        log.info(
-            "vault: authenticated as %s (%s, ttl %ss, renewable %s)",
-            tok.label, type(auth).__name__, int(ttl), tok.renewable,
+        return self._adopt(tok, now, ttl)
+
+    async def _renew_self(self, tok: TokenRecord) -> Any:
+        return await self._call(
+            tok.client.auth.token.renew_self, action="renew its token", idempotent=True,
+            attempts=1,
         )  # fmt: skip
-        self._tokens.append(tok)
-        self._current = tok
-        self._wake.set()
-        return tok
 
-    async def _keep_tokens(self) -> None:
-        """Renew every token that matters, log in again when needed, retire idle old tokens."""
-        while not self._closed:
-            self._wake.clear()
-            next_at = self._clock() + 30.0
-            for tok in list(self._tokens):
-                try:
-                    next_at = min(next_at, await self._tend(tok))
-                except asyncio.CancelledError:
-                    raise
-                except LatchkeyError as exc:
-                    log.warning("vault: keeping %s alive failed: %s", tok.label, exc.message)
-                    next_at = min(next_at, self._clock() + 1.0)
-                except Exception:
-                    log.exception("vault: keeping %s alive failed", tok.label)
-                    next_at = min(next_at, self._clock() + 1.0)
-            delay = max(0.05, next_at - self._clock())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
-
-    async def _tend(self, tok: _Token) -> float:
-        """One pass over a token; returns when it next needs attention."""
-        now, never = self._clock(), self._clock() + 3600.0
-        for lease_id, expires in list(tok.leases.items()):
-            if expires <= now:
-                del tok.leases[lease_id]
-        if tok.expires_at is not None and now >= tok.expires_at:
-            self._bury(tok)
-            return now
-        current = tok is self._current
-        if not current and not tok.leases:
-            await self._retire(tok)
-            return now
-        if current and tok.hard_deadline is not None and isinstance(self.config.auth, AppRoleAuth):
-            # New leases must not be issued under a token that is running out: log in again.
-            await self._relogin()
-            return now
-        if tok.next_renew_at is not None and now >= tok.next_renew_at:
-            await self._renew_token(tok)
-        candidates = [t for t in (tok.next_renew_at, tok.expires_at) if t is not None]
-        return min(candidates, default=never)
-
-    async def _renew_token(self, tok: _Token) -> None:
-        now = self._clock()
-        try:
-            resp = await self._call(
-                tok.client.auth.token.renew_self, action="renew its token", idempotent=True,
-                attempts=1,
-            )  # fmt: skip
-        except Unavailable:
-            tok.failures += 1
-            remaining = (tok.expires_at or now + 60.0) - now
-            wait = min(backoff_delay(tok.failures, 0.5, 10.0) + 0.1, max(0.1, remaining / 3))
-            tok.next_renew_at = now + wait
-            return
-        except LatchkeyError as exc:
-            log.warning("vault: %s cannot be renewed any more: %s", tok.label, exc.message)
-            tok.renewable, tok.next_renew_at = False, None
-            tok.hard_deadline = tok.expires_at
-            await self._token_ending(tok)
-            return
-        tok.failures = 0
-        data = resp.get("auth") or {}
-        granted = float(data.get("lease_duration") or 0)
-        tok.expires_at = now + granted
-        tok.renewable = bool(data.get("renewable", True))
-        if _capped(granted, tok.ttl, _warnings(resp)) or not tok.renewable:
-            tok.hard_deadline, tok.next_renew_at = tok.expires_at, None
-            log.info("vault: %s reached its max TTL", tok.label)
-            await self._token_ending(tok)
-        else:
-            tok.next_renew_at = now + granted * self.config.token_renew_fraction
-
-    async def _token_ending(self, tok: _Token) -> None:
-        """A token will die at its hard deadline: move new work to a fresh token first (so
-        replacement leases are not issued under the dying one), then warn the listeners."""
-        if tok is self._current and isinstance(self.config.auth, AppRoleAuth):
-            try:
-                await self._relogin()
-            except LatchkeyError as exc:
-                log.warning("vault: logging in again failed (will retry): %s", exc.message)
-        self._notify_deadline(tok)
-
-    async def _retire(self, tok: _Token) -> None:
-        """Drop an old token that no longer owns leases (revoking it if we created it)."""
-        if tok in self._tokens:
-            self._tokens.remove(tok)
-        tok.dead = True
-        if tok.owned and not self._closed:
-            with contextlib.suppress(LatchkeyError):
-                await self._call(
-                    tok.client.auth.token.revoke_self, action="revoke an old token",
-                    idempotent=True, attempts=1,
-                )  # fmt: skip
-        log.info("vault: retired %s", tok.label)
-
-    def _owner(self, lease_id: str) -> _Token | None:
-        for tok in self._tokens:
-            if lease_id in tok.leases:
-                return tok
-        return None
+    async def _revoke_self(self, tok: TokenRecord, action: str) -> None:
+        await self._call(
+            tok.client.auth.token.revoke_self, action=action, idempotent=True, attempts=1
+        )
 
     # ------------------------------------------------------------ VaultUpstream
 
@@ -625,18 +355,7 @@ class VaultAdapter:
             ),
             action=f"read secret {where}", idempotent=True, not_found=f"secret {where} not found",
         )  # fmt: skip
-        body = resp.get("data") or {}
-        meta = body.get("metadata") or {}
-        if body.get("data") is None:
-            raise NotFound(f"secret {where} not found")
-        return KvSecret(
-            data=dict(body["data"]),
-            version=int(meta.get("version") or 0),
-            created_time=_parse_time(meta.get("created_time")),
-            custom_metadata={
-                str(k): str(v) for k, v in (meta.get("custom_metadata") or {}).items()
-            },
-        )
+        return kv_secret(resp, where)
 
     async def issue_credentials(self, mount: str, role: str) -> IssuedLease:
         action = f"issue credentials for database role {role!r}"
@@ -661,8 +380,8 @@ class VaultAdapter:
             password=str(data["password"]),
             lease_duration=duration,
             renewable=bool(resp.get("renewable")),
-            warnings=_warnings(resp),
-            token_deadline=_utc(tok.hard_deadline) if tok.hard_deadline is not None else None,
+            warnings=response_warnings(resp),
+            token_deadline=tok.deadline(),
         )
 
     async def renew_lease(self, lease_id: str, increment: float | None = None) -> RenewedLease:
@@ -694,8 +413,8 @@ class VaultAdapter:
             lease_id=str(resp.get("lease_id") or lease_id),
             lease_duration=duration,
             renewable=bool(resp.get("renewable")),
-            warnings=_warnings(resp),
-            token_deadline=_utc(tok.hard_deadline) if tok.hard_deadline is not None else None,
+            warnings=response_warnings(resp),
+            token_deadline=tok.deadline(),
         )
 
     async def revoke_lease(self, lease_id: str) -> None:
@@ -781,10 +500,7 @@ class VaultAdapter:
         if self.config.revoke_tokens_on_close:
             for tok in [t for t in self._tokens if t.owned and not t.dead]:
                 with contextlib.suppress(LatchkeyError):
-                    await self._call(
-                        tok.client.auth.token.revoke_self, action="revoke its token on shutdown",
-                        idempotent=True, attempts=1,
-                    )  # fmt: skip
+                    await self._revoke_self(tok, "revoke its token on shutdown")
         self._tokens.clear()
         self._current = None
         self._pool.shutdown(wait=False, cancel_futures=True)

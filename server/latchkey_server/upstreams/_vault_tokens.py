@@ -1,0 +1,268 @@
+"""Vault token bookkeeping: which token owns each lease, when each dies, keeping them alive."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from latchkey_server.errors import LatchkeyError, Unavailable
+from latchkey_server.upstreams._retry import backoff_delay
+from latchkey_server.upstreams._vault_config import AppRoleAuth, VaultAdapterConfig
+from latchkey_server.upstreams._vault_responses import response_warnings
+from latchkey_server.upstreams.vault_port import TokenDeadlineListener
+
+log = logging.getLogger("latchkey.upstreams.vault")
+
+_labels = itertools.count(1)
+
+
+def utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def capped(granted: float, wanted: float, warnings: Sequence[str]) -> bool:
+    """Whether a renewal granted less than wanted: the token reached its max TTL."""
+    return granted + 0.5 < wanted or any("capped" in w or "max_ttl" in w for w in warnings)
+
+
+@dataclass(eq=False)
+class TokenRecord:
+    """One Vault token the adapter uses: its client, its lifetime, and the leases it owns."""
+
+    client: Any = field(repr=False)
+    owned: bool
+    ttl: float
+    """TTL granted at login/creation (0: never expires)."""
+    renewable: bool
+    expires_at: float | None
+    next_renew_at: float | None
+    hard_deadline: float | None = None
+    label: str = field(default_factory=lambda: f"token#{next(_labels)}")
+    leases: dict[str, float] = field(default_factory=dict)
+    """Lease id → when the lease expires (wall clock) as last reported by Vault."""
+    failures: int = 0
+    dead: bool = False
+
+    def deadline(self) -> datetime | None:
+        """When the token is known to die (its hard deadline), if known."""
+        return utc(self.hard_deadline) if self.hard_deadline is not None else None
+
+
+class TokenKeeper(abc.ABC):
+    """Keeps the tokens that matter alive: the current one, and old ones that still own leases.
+
+    The hvac-free half of `VaultAdapter`: it tracks the tokens, the leases each one issued and
+    when each must die, renews and retires tokens, and warns the deadline listeners. The adapter
+    (`upstreams/vault.py`) makes the Vault calls: `_login`, `_renew_self` and `_revoke_self`.
+    """
+
+    def __init__(self, config: VaultAdapterConfig, clock: Callable[[], float]) -> None:
+        self.config = config
+        self._clock = clock
+        self._tokens: list[TokenRecord] = []
+        self._current: TokenRecord | None = None
+        self._login_task: asyncio.Task[TokenRecord] | None = None
+        self._keeper: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._deadline_listeners: list[TokenDeadlineListener] = []
+        self.logins = 0
+        """How many times the adapter has authenticated (observable by tests and metrics)."""
+
+    # ------------------------------------------------------------ Vault calls (the adapter's)
+
+    @abc.abstractmethod
+    async def _login(self) -> TokenRecord:
+        """Authenticate; returns the new token, already adopted (see `_adopt`)."""
+
+    @abc.abstractmethod
+    async def _renew_self(self, tok: TokenRecord) -> Any:
+        """Renew `tok` in Vault (one attempt); returns Vault's response."""
+
+    @abc.abstractmethod
+    async def _revoke_self(self, tok: TokenRecord, action: str) -> None:
+        """Revoke `tok` in Vault (one attempt)."""
+
+    # ------------------------------------------------------------ listeners
+
+    @property
+    def token_count(self) -> int:
+        """Tokens currently kept alive (the current one plus old ones that still own leases)."""
+        return len(self._tokens)
+
+    def add_token_deadline_listener(self, listener: TokenDeadlineListener) -> Callable[[], None]:
+        self._deadline_listeners.append(listener)
+        return lambda: self._discard(self._deadline_listeners, listener)
+
+    @staticmethod
+    def _discard(items: list[Any], item: object) -> None:
+        with contextlib.suppress(ValueError):
+            items.remove(item)
+
+    def _notify_deadline(self, tok: TokenRecord) -> None:
+        if tok.hard_deadline is None or not tok.leases:
+            return
+        leases, when = tuple(tok.leases), utc(tok.hard_deadline)
+        log.info("%s ends at %s; %d lease(s) must move first", tok.label, when, len(leases))
+        for listener in list(self._deadline_listeners):
+            try:
+                listener(leases, when)
+            except Exception:
+                log.exception("token deadline listener failed")
+
+    # ------------------------------------------------------------ the current token
+
+    async def _token(self) -> TokenRecord:
+        """The current token, logging in first if needed; starts the token keeper."""
+        if self._closed:
+            raise Unavailable("the Vault adapter is closed", retry_after=1.0)
+        if self._keeper is None:
+            self._keeper = asyncio.create_task(self._keep_tokens(), name="vault-token-keeper")
+        if self._current is not None and not self._current.dead:
+            return self._current
+        return await self._relogin()
+
+    async def _relogin(self) -> TokenRecord:
+        """Authenticate (single-flight: concurrent callers share one login)."""
+        if self._login_task is None or self._login_task.done():
+            self._login_task = asyncio.create_task(self._login(), name="vault-login")
+        task = self._login_task
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task.done() and self._login_task is task:
+                self._login_task = None
+
+    def _adopt(self, tok: TokenRecord, now: float, ttl: float) -> TokenRecord:
+        """Make a freshly logged-in token the current one (`ttl`: seconds it has left)."""
+        if tok.renewable and tok.expires_at is not None:
+            tok.next_renew_at = now + ttl * self.config.token_renew_fraction
+        self.logins += 1
+        log.info(
+            "vault: authenticated as %s (%s, ttl %ss, renewable %s)",
+            tok.label, type(self.config.auth).__name__, int(ttl), tok.renewable,
+        )  # fmt: skip
+        self._tokens.append(tok)
+        self._current = tok
+        self._wake.set()
+        return tok
+
+    def _bury(self, tok: TokenRecord) -> None:
+        """A token died (expired or revoked): its leases are gone in Vault."""
+        if tok.dead:
+            return
+        log.warning("vault %s is no longer valid", tok.label)
+        tok.dead = True
+        tok.hard_deadline = self._clock()
+        self._notify_deadline(tok)
+        tok.leases.clear()
+        if tok in self._tokens:
+            self._tokens.remove(tok)
+        if self._current is tok:
+            self._current = None
+        self._wake.set()
+
+    def _owner(self, lease_id: str) -> TokenRecord | None:
+        for tok in self._tokens:
+            if lease_id in tok.leases:
+                return tok
+        return None
+
+    # ------------------------------------------------------------ the keeper
+
+    async def _keep_tokens(self) -> None:
+        """Renew every token that matters, log in again when needed, retire idle old tokens."""
+        while not self._closed:
+            self._wake.clear()
+            next_at = self._clock() + 30.0
+            for tok in list(self._tokens):
+                try:
+                    next_at = min(next_at, await self._tend(tok))
+                except asyncio.CancelledError:
+                    raise
+                except LatchkeyError as exc:
+                    log.warning("vault: keeping %s alive failed: %s", tok.label, exc.message)
+                    next_at = min(next_at, self._clock() + 1.0)
+                except Exception:
+                    log.exception("vault: keeping %s alive failed", tok.label)
+                    next_at = min(next_at, self._clock() + 1.0)
+            delay = max(0.05, next_at - self._clock())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def _tend(self, tok: TokenRecord) -> float:
+        """One pass over a token; returns when it next needs attention."""
+        now, never = self._clock(), self._clock() + 3600.0
+        for lease_id, expires in list(tok.leases.items()):
+            if expires <= now:
+                del tok.leases[lease_id]
+        if tok.expires_at is not None and now >= tok.expires_at:
+            self._bury(tok)
+            return now
+        current = tok is self._current
+        if not current and not tok.leases:
+            await self._retire(tok)
+            return now
+        if current and tok.hard_deadline is not None and isinstance(self.config.auth, AppRoleAuth):
+            # New leases must not be issued under a token that is running out: log in again.
+            await self._relogin()
+            return now
+        if tok.next_renew_at is not None and now >= tok.next_renew_at:
+            await self._renew_token(tok)
+        candidates = [t for t in (tok.next_renew_at, tok.expires_at) if t is not None]
+        return min(candidates, default=never)
+
+    async def _renew_token(self, tok: TokenRecord) -> None:
+        now = self._clock()
+        try:
+            resp = await self._renew_self(tok)
+        except Unavailable:
+            tok.failures += 1
+            remaining = (tok.expires_at or now + 60.0) - now
+            wait = min(backoff_delay(tok.failures, 0.5, 10.0) + 0.1, max(0.1, remaining / 3))
+            tok.next_renew_at = now + wait
+            return
+        except LatchkeyError as exc:
+            log.warning("vault: %s cannot be renewed any more: %s", tok.label, exc.message)
+            tok.renewable, tok.next_renew_at = False, None
+            tok.hard_deadline = tok.expires_at
+            await self._token_ending(tok)
+            return
+        tok.failures = 0
+        data = resp.get("auth") or {}
+        granted = float(data.get("lease_duration") or 0)
+        tok.expires_at = now + granted
+        tok.renewable = bool(data.get("renewable", True))
+        if capped(granted, tok.ttl, response_warnings(resp)) or not tok.renewable:
+            tok.hard_deadline, tok.next_renew_at = tok.expires_at, None
+            log.info("vault: %s reached its max TTL", tok.label)
+            await self._token_ending(tok)
+        else:
+            tok.next_renew_at = now + granted * self.config.token_renew_fraction
+
+    async def _token_ending(self, tok: TokenRecord) -> None:
+        """A token will die at its hard deadline: move new work to a fresh token first (so
+        replacement leases are not issued under the dying one), then warn the listeners."""
+        if tok is self._current and isinstance(self.config.auth, AppRoleAuth):
+            try:
+                await self._relogin()
+            except LatchkeyError as exc:
+                log.warning("vault: logging in again failed (will retry): %s", exc.message)
+        self._notify_deadline(tok)
+
+    async def _retire(self, tok: TokenRecord) -> None:
+        """Drop an old token that no longer owns leases (revoking it if we created it)."""
+        if tok in self._tokens:
+            self._tokens.remove(tok)
+        tok.dead = True
+        if tok.owned and not self._closed:
+            with contextlib.suppress(LatchkeyError):
+                await self._revoke_self(tok, "revoke an old token")
+        log.info("vault: retired %s", tok.label)
