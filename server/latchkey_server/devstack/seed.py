@@ -35,11 +35,13 @@ path "secret/data/*"            { capabilities = ["read"] }
 path "secret/metadata/*"        { capabilities = ["read", "list"] }
 """
 
+DEMO_READERS = "demo_readers"
+# Privileges live on one group role granted once at seed time; each credential only joins it.
+# (GRANTs on a shared object from concurrent creations fail in PostgreSQL with "tuple
+# concurrently updated", so creation statements must not grant on shared objects.)
 READONLY_CREATION = [
-    "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
-    'GRANT CONNECT ON DATABASE demo TO "{{name}}";',
-    'GRANT USAGE ON SCHEMA public TO "{{name}}";',
-    'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{{name}}";',
+    "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' "
+    f"IN ROLE {DEMO_READERS};",
 ]
 
 
@@ -73,8 +75,19 @@ def seed_postgres(admin_dsn: str) -> DemoDatabase:
         if not exists:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DEMO_DATABASE)))
     demo_dsn = make_conninfo(admin_dsn, dbname=DEMO_DATABASE)
+    readers = sql.Identifier(DEMO_READERS)
     with psycopg.connect(demo_dsn, autocommit=True) as conn:
+        has_group = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (DEMO_READERS,))
+        if not has_group.fetchone():
+            conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(readers))
         conn.execute("CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY, name text NOT NULL)")
+        conn.execute(
+            sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+                sql.Identifier(DEMO_DATABASE), readers
+            )
+        )
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(readers))
+        conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(readers))
         conn.execute(
             "INSERT INTO items VALUES (1, 'latch'), (2, 'key'), (3, 'gateway') "
             "ON CONFLICT (id) DO NOTHING"
