@@ -95,8 +95,6 @@ class Settings(BaseSettings):
 
     listen: str = "127.0.0.1:7400"
     """gRPC listen address host:port."""
-    insecure: bool = True
-    """Plaintext gRPC (TLS arrives with the access issue)."""
     heartbeat_interval: float = Field(default=10.0, gt=0)
     """Seconds between heartbeats on every stream."""
     shutdown_grace: float = Field(default=5.0, ge=0)

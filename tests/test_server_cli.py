@@ -1,0 +1,42 @@
+"""`latchkey-server` commands, run as a user would: bad config fails fast, tokens are created."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from latchkey_server.access.tokens import TokenStore
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "latchkey_server", *args],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )  # fmt: skip
+
+
+def test_serve_with_bad_config_fails_fast_naming_the_field(tmp_path: Path) -> None:
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text("vault: {token: s3cr3t}\nconsul: {max_connections: 9999}\n")
+    result = _run("serve", "--config", str(cfg))
+    assert result.returncode == 2
+    assert "consul.max_connections" in result.stderr
+    assert "s3cr3t" not in result.stderr + result.stdout
+
+
+def test_serve_without_tokens_file_says_what_to_do(tmp_path: Path) -> None:
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text('listen = "127.0.0.1:0"\n[vault]\ntoken = "t"\n')
+    result = _run("serve", "--config", str(cfg))
+    assert result.returncode == 1
+    assert "auth.tokens_file is required" in result.stderr
+
+
+def test_token_create_prints_once_and_stores_hash(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.yaml"
+    result = _run("token", "create", "--identity", "billing", "--tokens-file", str(tokens))
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    assert token not in tokens.read_text()
+    assert TokenStore.load(tokens).identify(token) == "billing"
