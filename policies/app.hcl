@@ -1,0 +1,30 @@
+# app: what the billing application may use.
+# Bound to the billing app's token identity and its mTLS identity (see bindings.hcl).
+# Anything not granted here is denied.
+
+# Static secrets under secret/data/billing/ (KV v2 paths are "<mount>/data/<path>").
+secret "secret/data/billing/*" {
+  capabilities = ["read"]
+}
+
+# ...except the root credentials, even though the rule above matches them: a deny always wins.
+secret "secret/data/billing/root" {
+  capabilities = ["deny"]
+}
+
+# Dynamic database credentials for every billing role: fetch, stream, renew and give back
+# its own leases (revoking other holders' leases needs "revoke_any", which it does not get).
+database "billing-*" {
+  capabilities = ["read", "watch", "renew", "revoke"]
+}
+
+# Live configuration: Get any key under billing/, List and Watch the billing/ prefix.
+# A config pattern ending in "/" covers the prefix itself and every key under it.
+config "billing/" {
+  capabilities = ["read", "watch"]
+}
+
+# Service discovery of the services billing talks to.
+service "payments" {
+  capabilities = ["discover"]
+}
