@@ -5,9 +5,12 @@ Error messages are scrubbed of the connection password before they leave this mo
 
 from __future__ import annotations
 
+import random
 import re
 import secrets
 import string
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
@@ -45,6 +48,23 @@ def split_statements(statement: str) -> list[str]:
     if _END_WORD.search(_QUOTED.sub("", statement)):
         return [statement]
     return [piece.strip() for piece in statement.split(";") if piece.strip()]
+
+
+def _retry_on_acl_race(action: Callable[[], None], attempts: int = 6) -> None:
+    """Run `action`, retrying PostgreSQL's "tuple concurrently updated" (XX000) error.
+
+    Concurrent GRANT/REVOKE statements on one object (the database, a schema, a table) race on
+    its ACL row and the loser fails with that error; the transaction is safe to run again.
+    """
+    for attempt in range(attempts):
+        try:
+            action()
+            return
+        except PluginError as exc:
+            if "tuple concurrently updated" not in str(exc) or attempt == attempts - 1:
+                raise
+            # Backoff between retries in this worker thread (not a synchronisation).
+            time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
 
 
 def render(statement: str, values: dict[str, str]) -> str:
@@ -106,6 +126,9 @@ class PostgresConnection:
 
     def run(self, statements: list[str], values: dict[str, str]) -> None:
         """Execute the statements in one transaction, with the placeholders filled in."""
+        _retry_on_acl_race(lambda: self._run_once(statements, values))
+
+    def _run_once(self, statements: list[str], values: dict[str, str]) -> None:
         with self._connect() as conn:
             try:
                 with conn.transaction():
@@ -117,6 +140,9 @@ class PostgresConnection:
 
     def default_revoke(self, username: str) -> None:
         """Revoke the user's privileges and drop it (a missing role is a success)."""
+        _retry_on_acl_race(lambda: self._default_revoke_once(username))
+
+    def _default_revoke_once(self, username: str) -> None:
         user = sql.Identifier(username)
         with self._connect() as conn:
             try:
