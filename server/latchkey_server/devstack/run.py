@@ -134,13 +134,14 @@ def run_dev(state_dir: Path) -> None:
             },
         )
         click.echo(
-            "ready: latchkey gateway on "
-            f"{gateway_addr} (Vault {vault_addr}, Consul {consul.url})\n"
-            f"  1. source {env_path}\n"
-            f"  2. latchkey db creds $LATCHKEY_DEMO_DB_ROLE      # a PostgreSQL login\n"
-            f"  3. latchkey secrets get {DEMO_SECRET_PATH} --format json\n"
-            f"  4. latchkey config watch {DEMO_CONFIG_PREFIX}      # then: consul kv put ...\n"
-            f"  5. latchkey services watch web; Ctrl-C here stops everything"
+            f"ready: latchkey gateway on {gateway_addr} (Vault {vault_addr}, Consul {consul.url})\n"
+            f"  1. source {env_path}   # LATCHKEY_*, VAULT_*, CONSUL_HTTP_ADDR\n"
+            f"  2. gRPC at $LATCHKEY_ADDR with 'authorization: Bearer $LATCHKEY_TOKEN' "
+            "(README: a Python example)\n"
+            f"  3. demo: database role {DEMO_ROLE}, secret secret/{DEMO_SECRET_PATH}, "
+            f"config {DEMO_CONFIG_PREFIX}, service web\n"
+            f"  4. logs in {logs}; more roles and secrets via vault-dev ($VAULT_ADDR, hvac)\n"
+            "  5. Ctrl-C stops everything and revokes the gateway's leases"
         )
         sys.stdout.flush()
         stop.wait()
