@@ -12,7 +12,9 @@ from latchkey_server.errors import InvalidArgument
 
 def test_yaml_file_and_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tmp_path / "gw.yaml"
-    cfg.write_text("listen: 127.0.0.1:9999\nvault:\n  token: s3cr3t-value\nconsul:\n  wait: 30\n")
+    cfg.write_text(
+        "listen: 127.0.0.1:9999\ninsecure: true\nvault:\n  token: s3cr3t-value\nconsul:\n  wait: 30\n"
+    )
     monkeypatch.setenv("LATCHKEY_CONSUL__WAIT", "20")
     settings = load_settings(cfg)
     assert settings.listen == "127.0.0.1:9999"
@@ -24,7 +26,7 @@ def test_yaml_file_and_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_toml_file(tmp_path: Path) -> None:
     cfg = tmp_path / "gw.toml"
     cfg.write_text(
-        'listen = "127.0.0.1:1"\n[vault]\napprole_role_id = "r"\napprole_secret_id = "s"\n'
+        'listen = "127.0.0.1:1"\ninsecure = true\n[vault]\napprole_role_id = "r"\napprole_secret_id = "s"\n'
     )
     assert load_settings(cfg).vault.approle_role_id == "r"
 
@@ -33,6 +35,8 @@ def test_toml_file(tmp_path: Path) -> None:
     ("text", "field"),
     [
         ("vault: {token: t}\nconsul: {max_connections: 500}\n", "consul.max_connections"),
+        ("vault: {token: t}\n", "TLS is on by default"),
+        ("vault: {token: t}\ntls: {cert_file: /c}\n", "tls.key_file"),
         ("vault: {token: t}\nbogus: 1\n", "bogus"),
         ("vault: {approle_role_id: r}\n", "vault"),
         ("{}\n", "vault"),

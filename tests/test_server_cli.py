@@ -25,12 +25,20 @@ def test_serve_with_bad_config_fails_fast_naming_the_field(tmp_path: Path) -> No
     assert "s3cr3t" not in result.stderr + result.stdout
 
 
-def test_serve_without_tokens_file_says_what_to_do(tmp_path: Path) -> None:
+def test_serve_without_any_authentication_says_what_to_do(tmp_path: Path) -> None:
     cfg = tmp_path / "gw.toml"
-    cfg.write_text('listen = "127.0.0.1:0"\n[vault]\ntoken = "t"\n')
+    cfg.write_text('listen = "127.0.0.1:0"\ninsecure = true\n[vault]\ntoken = "t"\n')
     result = _run("serve", "--config", str(cfg))
     assert result.returncode == 1
-    assert "auth.tokens_file is required" in result.stderr
+    assert "set auth.tokens_file" in result.stderr
+
+
+def test_serve_is_tls_by_default(tmp_path: Path) -> None:
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text("vault: {token: t}\n")
+    result = _run("serve", "--config", str(cfg))
+    assert result.returncode == 2
+    assert "TLS is on by default" in result.stderr
 
 
 def test_token_create_prints_once_and_stores_hash(tmp_path: Path) -> None:

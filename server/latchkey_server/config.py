@@ -86,6 +86,40 @@ class CacheSettings(_Section):
 class AuthSettings(_Section):
     tokens_file: Path | None = None
     """YAML file of hashed bearer tokens (see `latchkey-server token create`)."""
+    policies_dir: Path | None = None
+    """Folder of HCL policies and bindings.hcl; unset denies everything (deny by default)."""
+    reload_interval: float = Field(default=2.0, gt=0)
+    """Seconds between checks of the policy files for changes (SIGHUP reloads at once)."""
+
+
+class TlsSettings(_Section):
+    cert_file: Path | None = None
+    """Server certificate (PEM). TLS is on unless `insecure` is set."""
+    key_file: Path | None = None
+    """Server private key (PEM)."""
+    client_ca_file: Path | None = None
+    """CA bundle that verifies client certificates (mTLS)."""
+    require_client_cert: bool = True
+    """With client_ca_file: every client must present a certificate it signed (mTLS).
+    False: client certificates are not requested at all (TLS with bearer tokens only)."""
+
+
+class AuditSettings(_Section):
+    sink: str = "stdout"
+    """Where audit lines go: "stdout", "stderr" or a file path."""
+    hmac_key_file: Path | None = None
+    """File holding the key for HMAC-SHA256 of returned secret values (random if unset)."""
+    fail_closed: bool = True
+    """Refuse secret-returning calls while the audit log cannot be written."""
+
+
+class LimitSettings(_Section):
+    requests_per_second: float = Field(default=200.0, ge=0)
+    """Per-identity request rate (token bucket); 0 disables."""
+    burst: int = Field(default=400, ge=1)
+    """Per-identity burst size."""
+    max_streams_per_identity: int = Field(default=2000, ge=1)
+    """Concurrent streams one identity may hold open."""
 
 
 class Settings(BaseSettings):
@@ -95,6 +129,8 @@ class Settings(BaseSettings):
 
     listen: str = "127.0.0.1:7400"
     """gRPC listen address host:port."""
+    insecure: bool = False
+    """Serve plaintext gRPC (loopback development only; a warning is logged)."""
     heartbeat_interval: float = Field(default=10.0, gt=0)
     """Seconds between heartbeats on every stream."""
     shutdown_grace: float = Field(default=5.0, ge=0)
@@ -105,6 +141,18 @@ class Settings(BaseSettings):
     leases: LeaseSettings = Field(default_factory=LeaseSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+
+    @model_validator(mode="after")
+    def _tls_or_insecure(self) -> Settings:
+        if not self.insecure and (self.tls.cert_file is None or self.tls.key_file is None):
+            raise ValueError(
+                "TLS is on by default: set tls.cert_file and tls.key_file "
+                "(latchkey-server certs ...), or insecure: true for plaintext on loopback"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -10,9 +10,15 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
+from latchkey_server.access.audit import AuditLog, load_key
 from latchkey_server.access.authn import Authenticator
-from latchkey_server.access.authz import AllowAuthenticated, Authorizer
+from latchkey_server.access.authz import Authorizer, DenyAll
+from latchkey_server.access.gate import AccessGate
+from latchkey_server.access.policies import PolicyAuthorizer, PolicyStore
+from latchkey_server.access.ratelimit import RateLimiter
+from latchkey_server.access.streams import StreamGrants
 from latchkey_server.access.tokens import TokenStore
 from latchkey_server.brokers.config_hub import ConfigHub
 from latchkey_server.brokers.discovery_hub import DiscoveryHub
@@ -21,7 +27,7 @@ from latchkey_server.brokers.secret_cache import SecretCache
 from latchkey_server.config import Settings
 from latchkey_server.errors import InvalidArgument
 from latchkey_server.models import utcnow
-from latchkey_server.transport.grpc_server import GrpcServer, Sources
+from latchkey_server.transport.grpc_server import GrpcServer, Sources, TlsMaterial
 from latchkey_server.upstreams.consul import ConsulAdapter
 from latchkey_server.upstreams.consul import ConsulSettings as ConsulAdapterSettings
 from latchkey_server.upstreams.consul_watch import WatchSettings
@@ -89,20 +95,65 @@ def build_components(settings: Settings) -> Components:
     )
 
 
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidArgument(f"{what} {path} cannot be read: {exc.strerror}") from exc
+
+
+def load_tls(settings: Settings) -> TlsMaterial | None:
+    """TLS material from the configured files (None when running --insecure)."""
+    if settings.insecure:
+        return None
+    tls = settings.tls
+    assert tls.cert_file is not None  # the settings validated both
+    assert tls.key_file is not None
+    return TlsMaterial(
+        certificate_chain=_read(tls.cert_file, "tls.cert_file"),
+        private_key=_read(tls.key_file, "tls.key_file"),
+        client_ca=_read(tls.client_ca_file, "tls.client_ca_file") if tls.client_ca_file else None,
+        require_client_cert=tls.require_client_cert,
+    )
+
+
+def _audit_key(settings: Settings) -> bytes | None:
+    path = settings.audit.hmac_key_file
+    return load_key(path) if path else None
+
+
 class Gateway:
-    """One gateway process: gRPC server, brokers and upstream adapters."""
+    """One gateway process: gRPC server, brokers, access control and upstream adapters."""
 
     def __init__(self, settings: Settings, *, authorizer: Authorizer | None = None) -> None:
         self.settings = settings
         self.started_at: datetime = utcnow()
-        if settings.auth.tokens_file is None:
+        tokens = TokenStore.load(settings.auth.tokens_file) if settings.auth.tokens_file else None
+        if tokens is None and settings.tls.client_ca_file is None:
             raise InvalidArgument(
-                "auth.tokens_file is required (see `latchkey-server token create`)"
+                "no way to authenticate callers: set auth.tokens_file (latchkey-server token "
+                "create) and/or tls.client_ca_file for client certificates"
             )
-        self._authn = Authenticator(TokenStore.load(settings.auth.tokens_file))
+        self._authn = Authenticator(tokens)
+        self._tls = load_tls(settings)
+        self.policies: PolicyStore | None = None
+        if authorizer is None:
+            if settings.auth.policies_dir is not None:
+                self.policies = PolicyStore(settings.auth.policies_dir)
+                authorizer = PolicyAuthorizer(self.policies)
+            else:
+                log.warning("auth.policies_dir is not set: every request will be denied")
+                authorizer = DenyAll()
+        self.gate = AccessGate(
+            authorizer, StreamGrants(max_per_identity=settings.limits.max_streams_per_identity)
+        )
+        self.audit = AuditLog(
+            settings.audit.sink, _audit_key(settings), fail_closed=settings.audit.fail_closed
+        )
+        self._limiter = RateLimiter(settings.limits.requests_per_second, settings.limits.burst)
         self.components = build_components(settings)
-        self._authz: Authorizer = authorizer or AllowAuthenticated()
         self._grpc: GrpcServer | None = None
+        self._reload_task: asyncio.Task[None] | None = None
         self.port: int = 0
         self._stopped = asyncio.Event()
 
@@ -120,23 +171,54 @@ class Gateway:
                 upstreams=[c.vault, c.consul],
             ),
             self._authn,
-            self._authz,
+            self.gate,
             kv_mount=self.settings.vault.kv_mount,
             started_at=self.started_at,
+            audit=self.audit,
+            limiter=self._limiter,
         )
         try:
-            self.port = await self._grpc.start(self.settings.listen)
+            self.port = await self._grpc.start(self.settings.listen, self._tls)
         except OSError as exc:
             raise InvalidArgument(str(exc)) from exc
+        if self._tls is None:
+            log.warning("serving PLAINTEXT gRPC (insecure); use TLS anywhere but loopback")
+        if self.policies is not None:
+            self._reload_task = asyncio.create_task(self._watch_policies())
         host = self.settings.listen.rsplit(":", 1)[0]
         log.info("latchkey gateway listening on %s:%d", host, self.port)
         return self.port
+
+    def reload_policies(self) -> bool:
+        """Reload the policy files now (SIGHUP); end streams a narrowed policy no longer allows.
+
+        An invalid file keeps the previous policies in force (the store logs why).
+        """
+        if self.policies is None or not self.policies.reload():
+            return False
+        ended = self.gate.recheck_streams()
+        log.info(
+            "policies reloaded (generation %d); %d open streams no longer allowed",
+            self.policies.generation,
+            ended,
+        )
+        return True
+
+    async def _watch_policies(self) -> None:
+        assert self.policies is not None
+        while True:
+            # Polling interval for file changes (SIGHUP reloads at once).
+            await asyncio.sleep(self.settings.auth.reload_interval)
+            if self.policies.changed():
+                self.reload_policies()
 
     async def stop(self) -> None:
         """Graceful shutdown in the documented order. Safe to call twice."""
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self._reload_task is not None:
+            self._reload_task.cancel()
         if self._grpc is not None:
             await self._grpc.stop(self.settings.shutdown_grace)
         c = self.components
@@ -145,6 +227,7 @@ class Gateway:
         await c.leases.close()
         await c.consul.close()
         await c.vault.close()
+        self.audit.close()
         log.info("latchkey gateway stopped")
 
     async def wait_stopped(self) -> None:

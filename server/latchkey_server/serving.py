@@ -25,6 +25,7 @@ async def serve_until_signalled(settings: Settings) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, gateway.reload_policies)
     try:
         port = await gateway.start()
         host = settings.listen.rsplit(":", 1)[0]

@@ -17,7 +17,8 @@ from latchkey.v1 import secrets_pb2, secrets_pb2_grpc
 from latchkey_server.devstack.postgres import PostgresCluster
 
 REQUIRED = {
-    "LATCHKEY_ADDR", "LATCHKEY_TOKEN", "VAULT_ADDR", "VAULT_TOKEN", "CONSUL_HTTP_ADDR",
+    "LATCHKEY_ADDR", "LATCHKEY_TOKEN", "LATCHKEY_CACERT", "LATCHKEY_CLIENT_CERT",
+    "LATCHKEY_CLIENT_KEY", "VAULT_ADDR", "VAULT_TOKEN", "CONSUL_HTTP_ADDR",
     "LATCHKEY_DEMO_DB_ROLE", "LATCHKEY_DEMO_PG_DSN",
 }  # fmt: skip
 
@@ -61,7 +62,13 @@ def test_dev_stack_ready_and_credentials_log_in(tmp_path: Path, postgres: Postgr
         values = _read_env(state / "dev.env")
         assert set(values) >= REQUIRED
         assert (state / "dev.env").stat().st_mode & 0o077 == 0
-        with grpc.insecure_channel(values["LATCHKEY_ADDR"]) as channel:
+        # mTLS with the dev identity's client certificate, plus the dev token.
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=Path(values["LATCHKEY_CACERT"]).read_bytes(),
+            private_key=Path(values["LATCHKEY_CLIENT_KEY"]).read_bytes(),
+            certificate_chain=Path(values["LATCHKEY_CLIENT_CERT"]).read_bytes(),
+        )
+        with grpc.secure_channel(values["LATCHKEY_ADDR"], credentials) as channel:
             stub = secrets_pb2_grpc.SecretsStub(channel)
             reply = stub.GetDatabaseCredentials(
                 secrets_pb2.GetDatabaseCredentialsRequest(role=values["LATCHKEY_DEMO_DB_ROLE"]),
@@ -81,5 +88,10 @@ def test_dev_stack_ready_and_credentials_log_in(tmp_path: Path, postgres: Postgr
         if proc.stdout is not None:
             proc.stdout.close()
     assert code == 0, (tmp_path / "dev.log").read_text()[-3000:]
+    # The audit log recorded the call, with the password only as an HMAC.
+    audit = (state / "audit.log").read_text()
+    assert "/latchkey.v1.Secrets/GetDatabaseCredentials" in audit
+    assert cred.password not in audit
+    assert '"password":"hmac-sha256:' in audit
     # Ctrl-C stopped everything and revoked the leases: the credential no longer logs in.
     assert not postgres.can_login(cred.username, cred.password, "demo")

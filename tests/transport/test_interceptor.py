@@ -17,6 +17,7 @@ from latchkey.v1 import config_pb2, config_pb2_grpc, secrets_pb2, secrets_pb2_gr
 from latchkey_server import models
 from latchkey_server.access.authn import Authenticator
 from latchkey_server.access.authz import AllowAuthenticated
+from latchkey_server.access.gate import AccessGate
 from latchkey_server.access.tokens import TokenStore, append_token, generate_token
 from latchkey_server.errors import NotFound, Unavailable
 from latchkey_server.transport.config import ConfigServicer
@@ -63,7 +64,7 @@ async def gateway_addr(tmp_path: Path) -> AsyncIterator[tuple[str, str]]:
     server = grpc.aio.server(
         interceptors=[GatewayInterceptor(Authenticator(TokenStore.load(tokens)))]
     )
-    authz = AllowAuthenticated()
+    authz = AccessGate(AllowAuthenticated())
     secrets_pb2_grpc.add_SecretsServicer_to_server(
         SecretsServicer(FakeSecrets(), object(), authz),  # type: ignore[arg-type]
         server,

@@ -189,6 +189,11 @@ class PolicyAuthorizer:
     def __init__(self, policies: SupportsAllows) -> None:
         self._policies = policies
 
+    def allows(
+        self, identity: Identity, kind: ResourceKind, resource: str, capability: str
+    ) -> bool:
+        return self._policies.allows(identity, kind, resource, capability)
+
     def authorize(
         self, identity: Identity, kind: ResourceKind, resource: str, capability: str
     ) -> None:

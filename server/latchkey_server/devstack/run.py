@@ -13,16 +13,25 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import grpc
-import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from latchkey_server.access.tokens import append_token, generate_token
+from latchkey_server.access.certs import CertPaths, init_ca, issue_client, issue_server
+from latchkey_server.access.policies import DEFAULT_POLICY_DIR
 from latchkey_server.devstack.consul import ConsulAgent
 from latchkey_server.devstack.devenv import write_dev_env
+from latchkey_server.devstack.gateway_config import (
+    DEV_IDENTITY,
+    GatewayConfig,
+    TlsFiles,
+    issue_dev_token,
+    write_audit_key,
+    write_gateway_config,
+)
 from latchkey_server.devstack.ports import preferred_port
 from latchkey_server.devstack.postgres import PostgresCluster
 from latchkey_server.devstack.process import ManagedProcess
@@ -34,8 +43,6 @@ from latchkey_server.devstack.seed import (
     seed_postgres,
     seed_vault,
 )
-
-DEV_IDENTITY = "dev"
 
 
 def _server_cmd() -> list[str]:
@@ -50,9 +57,32 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def _grpc_serving(addr: str) -> bool:
+@dataclass(frozen=True)
+class DevCertificates:
+    ca: CertPaths
+    server: CertPaths
+    client: CertPaths
+
+
+def dev_certificates(directory: Path) -> DevCertificates:
+    """A dev CA (kept across runs), a server certificate and the dev identity's client cert."""
+    ca_paths = CertPaths(cert=directory / "ca.crt", key=directory / "ca.key")
+    ca = ca_paths if ca_paths.cert.exists() and ca_paths.key.exists() else init_ca(directory)
+    return DevCertificates(
+        ca=ca,
+        server=issue_server(directory),
+        client=issue_client(directory, identity=DEV_IDENTITY),
+    )
+
+
+def _grpc_serving(addr: str, tls: DevCertificates) -> bool:
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=tls.ca.cert.read_bytes(),
+        private_key=tls.client.key.read_bytes(),
+        certificate_chain=tls.client.cert.read_bytes(),
+    )
     try:
-        with grpc.insecure_channel(addr) as channel:
+        with grpc.secure_channel(addr, credentials) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
             return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
@@ -100,32 +130,35 @@ def run_dev(state_dir: Path) -> None:
         approle = seed_vault(vault_addr, root_token, db)
         seed_consul(consul.http_addr)
         tokens_file = state_dir / "tokens.yaml"
-        tokens_file.unlink(missing_ok=True)
-        dev_token = generate_token()
-        append_token(tokens_file, DEV_IDENTITY, dev_token)
-        config = {
-            "listen": f"127.0.0.1:{gateway_port}",
-            "vault": {
-                "addr": vault_addr,
-                "approle_role_id": approle.role_id,
-                "approle_secret_id": approle.secret_id,
-            },
-            "consul": {"addr": consul.http_addr},
-            "auth": {"tokens_file": str(tokens_file)},
-        }
-        fd = os.open(gateway_cfg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            yaml.safe_dump(config, fh, sort_keys=False)
+        dev_token = issue_dev_token(tokens_file)
+        tls = dev_certificates(state_dir / "tls")
+        write_gateway_config(
+            gateway_cfg,
+            GatewayConfig(
+                listen=f"127.0.0.1:{gateway_port}",
+                vault_addr=vault_addr,
+                approle=approle,
+                consul_addr=consul.http_addr,
+                tokens_file=tokens_file,
+                policies_dir=DEFAULT_POLICY_DIR,
+                tls=TlsFiles(tls.server.cert, tls.server.key, client_ca_file=tls.ca.cert),
+                audit_sink=str(state_dir / "audit.log"),
+                audit_key_file=write_audit_key(state_dir / "audit.key"),
+            ),
+        )
         click.echo("starting the latchkey gateway ...", err=True)
         gateway.start()
         gateway_addr = f"127.0.0.1:{gateway_port}"
-        gateway.wait_ready(lambda: _grpc_serving(gateway_addr), 60)
+        gateway.wait_ready(lambda: _grpc_serving(gateway_addr, tls), 60)
         env_path = state_dir / "dev.env"
         write_dev_env(
             env_path,
             {
                 "LATCHKEY_ADDR": gateway_addr,
                 "LATCHKEY_TOKEN": dev_token,
+                "LATCHKEY_CACERT": str(tls.ca.cert),
+                "LATCHKEY_CLIENT_CERT": str(tls.client.cert),
+                "LATCHKEY_CLIENT_KEY": str(tls.client.key),
                 "VAULT_ADDR": vault_addr,
                 "VAULT_TOKEN": root_token,
                 "CONSUL_HTTP_ADDR": consul.http_addr,

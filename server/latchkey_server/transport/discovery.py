@@ -10,8 +10,9 @@ import grpc
 
 from latchkey.v1 import discovery_pb2, discovery_pb2_grpc
 from latchkey_server import models
-from latchkey_server.access.authz import Authorizer, ResourceKind
+from latchkey_server.access.authz import ResourceKind
 from latchkey_server.access.context import current_identity
+from latchkey_server.access.gate import AccessGate
 from latchkey_server.transport import convert, validate
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -34,15 +35,15 @@ def _query(
 
 
 class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServicer):
-    def __init__(self, hub: DiscoverySource, authz: Authorizer) -> None:
+    def __init__(self, hub: DiscoverySource, gate: AccessGate) -> None:
         self._hub = hub
-        self._authz = authz
+        self._gate = gate
 
     async def GetHealthyInstances(
         self, request: discovery_pb2.GetHealthyInstancesRequest, context: Context
     ) -> discovery_pb2.GetHealthyInstancesResponse:
         query = _query(request)
-        self._authz.authorize(current_identity(), ResourceKind.SERVICE, query.service, "discover")
+        self._gate.authorize(current_identity(), ResourceKind.SERVICE, query.service, "discover")
         found = await self._hub.healthy(query)
         return discovery_pb2.GetHealthyInstancesResponse(
             instances=[convert.instance(i) for i in found.instances],
@@ -54,7 +55,12 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServicer):
         self, request: discovery_pb2.WatchServiceRequest, context: Context
     ) -> AsyncIterator[discovery_pb2.ServiceEvent]:
         query = _query(request)
-        self._authz.authorize(current_identity(), ResourceKind.SERVICE, query.service, "discover")
-        async with aclosing(self._hub.watch(query)) as events:
-            async for event in events:
-                yield convert.service_event(event)
+        identity = current_identity()
+        grant = self._gate.open_stream(identity, ResourceKind.SERVICE, query.service, "discover")
+        try:
+            async with aclosing(self._hub.watch(query)) as events:
+                async for event in events:
+                    grant.check()
+                    yield convert.service_event(event)
+        finally:
+            grant.close()

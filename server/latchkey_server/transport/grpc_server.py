@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,8 +21,10 @@ from latchkey.v1 import (
     secrets_pb2,
     secrets_pb2_grpc,
 )
+from latchkey_server.access.audit import AuditLog
 from latchkey_server.access.authn import Authenticator
-from latchkey_server.access.authz import Authorizer
+from latchkey_server.access.gate import AccessGate
+from latchkey_server.access.ratelimit import RateLimiter
 from latchkey_server.transport.config import ConfigServicer, ConfigSource
 from latchkey_server.transport.discovery import DiscoveryServicer, DiscoverySource
 from latchkey_server.transport.gateway import GatewayServicer, UpstreamHealth
@@ -48,6 +51,16 @@ GRPC_OPTIONS = (
 
 
 @dataclass(frozen=True)
+class TlsMaterial:
+    """PEM bytes for the server's TLS; with `client_ca`, clients must present certificates."""
+
+    certificate_chain: bytes
+    private_key: bytes = dataclasses.field(repr=False)
+    client_ca: bytes | None = None
+    require_client_cert: bool = True
+
+
+@dataclass(frozen=True)
 class Sources:
     """What the servicers read from (the brokers)."""
 
@@ -65,19 +78,22 @@ class GrpcServer:
         self,
         sources: Sources,
         authn: Authenticator,
-        authz: Authorizer,
+        gate: AccessGate,
         *,
         kv_mount: str,
         started_at: datetime,
+        audit: AuditLog | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._health = health.aio.HealthServicer()
-        server = grpc.aio.server(interceptors=[GatewayInterceptor(authn)], options=GRPC_OPTIONS)
+        interceptor = GatewayInterceptor(authn, audit=audit, limiter=limiter)
+        server = grpc.aio.server(interceptors=[interceptor], options=GRPC_OPTIONS)
         secrets_pb2_grpc.add_SecretsServicer_to_server(
-            SecretsServicer(sources.secrets, sources.leases, authz, kv_mount=kv_mount), server
+            SecretsServicer(sources.secrets, sources.leases, gate, kv_mount=kv_mount), server
         )
-        config_pb2_grpc.add_ConfigServicer_to_server(ConfigServicer(sources.config, authz), server)
+        config_pb2_grpc.add_ConfigServicer_to_server(ConfigServicer(sources.config, gate), server)
         discovery_pb2_grpc.add_DiscoveryServicer_to_server(
-            DiscoveryServicer(sources.discovery, authz), server
+            DiscoveryServicer(sources.discovery, gate), server
         )
         gateway_pb2_grpc.add_GatewayServicer_to_server(
             GatewayServicer(sources.upstreams, started_at), server
@@ -88,15 +104,27 @@ class GrpcServer:
         )
         self._server = server
 
-    async def start(self, listen: str) -> int:
-        """Bind `listen` (host:port, port 0 picks one), start, report SERVING; return the port."""
-        port = self._server.add_insecure_port(listen)
+    async def start(self, listen: str, tls: TlsMaterial | None) -> int:
+        """Bind `listen` (port 0 picks one) with TLS (None: plaintext), start, report SERVING."""
+        if tls is None:
+            port = self._server.add_insecure_port(listen)
+        else:
+            credentials = grpc.ssl_server_credentials(
+                [(tls.private_key, tls.certificate_chain)],
+                root_certificates=tls.client_ca,
+                require_client_auth=tls.client_ca is not None and tls.require_client_cert,
+            )
+            port = self._server.add_secure_port(listen, credentials)
         if port == 0:
             raise OSError(f"cannot listen on {listen}")
         await self._server.start()
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return port
+
+    async def set_serving(self, service: str, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse
+        await self._health.set(service, status.SERVING if serving else status.NOT_SERVING)
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, refuse new calls, give in-flight calls `grace` seconds."""

@@ -1,24 +1,32 @@
 """The one interceptor every RPC passes through.
 
-It authenticates the caller (attaching the identity for the servicer), decodes the request
-itself so that undecodable input (e.g. non-UTF-8 strings) becomes INVALID_ARGUMENT instead of
-gRPC's INTERNAL, and maps every error to a status through `errors.abort_with`. Authorization,
-audit and rate limits hook in here too (`on_call`), so no servicer repeats them.
+For each call it: opens the request record; authenticates the caller (bearer token or client
+certificate) and attaches the identity; applies the identity's rate limit; decodes the request
+itself, so undecodable input (e.g. non-UTF-8 strings) is INVALID_ARGUMENT instead of gRPC's
+INTERNAL; maps every error to a status through `errors.abort_with`; and writes the audit log.
+A call that returns secret values is audited *before* the value leaves: if the audit sink
+cannot be written and audit is fail-closed, the call fails with UNAVAILABLE instead.
+Authorization happens in the servicers through the access gate, which records its decision on
+the same request record.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
+from latchkey_server.access.audit import AuditLog, AuditRecord
 from latchkey_server.access.authn import Authenticator
 from latchkey_server.access.context import reset_identity, set_identity
-from latchkey_server.errors import InvalidArgument
-from latchkey_server.models import Identity
-from latchkey_server.transport.errors import abort_with
+from latchkey_server.access.ratelimit import RateLimiter
+from latchkey_server.access.request import RequestInfo, begin, end
+from latchkey_server.errors import InvalidArgument, LatchkeyError, Unauthenticated
+from latchkey_server.models import Identity, utcnow
+from latchkey_server.transport.errors import abort_with, status_name
 
 log = logging.getLogger("latchkey.transport")
 
@@ -28,13 +36,69 @@ PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerRe
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-class GatewayInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, authenticator: Authenticator) -> None:
-        self._authn = authenticator
+def _peer_certificate(context: Context) -> bytes | None:
+    """The verified client certificate (PEM), when the connection is mTLS."""
+    certs = list((context.auth_context() or {}).get("x509_pem_cert") or ())
+    return certs[0] if certs else None
 
-    def _identify(self, context: Context) -> Identity:
+
+class GatewayInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        *,
+        audit: AuditLog | None = None,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        self._authn = authenticator
+        self._audit_log = audit
+        self._limiter = limiter
+
+    # ---------------------------------------------------------------- per call
+
+    def _admit(self, context: Context, info: RequestInfo) -> Identity:
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        return self._authn.authenticate(metadata, context.peer() or "")
+        try:
+            identity = self._authn.authenticate(metadata, info.peer, _peer_certificate(context))
+        except Unauthenticated:
+            info.decision = "deny"
+            raise
+        info.identity = identity
+        if self._limiter is not None:
+            self._limiter.check(identity.name)
+        return identity
+
+    def _audit(
+        self, info: RequestInfo, error: BaseException | None, event: str, *, quiet: bool = False
+    ) -> None:
+        """Write one audit line; raises AuditUnavailable when a secret must not leave unaudited."""
+        if self._audit_log is None:
+            return
+        identity = info.identity
+        decision = info.decision
+        if error is not None and decision == "n/a":
+            decision = "error"
+        record = AuditRecord(
+            time=utcnow(),
+            request_id=info.request_id,
+            identity=identity.name if identity else "",
+            auth_method=identity.method if identity else "",
+            peer=info.peer,
+            rpc=info.rpc,
+            resource=info.resource,
+            kind=info.kind,
+            capability=info.capability,
+            decision=decision,  # type: ignore[arg-type]
+            code=status_name(error),
+            latency_ms=info.latency_ms(),
+            event=event,  # type: ignore[arg-type]
+            returned=dict(info.returned),
+        )
+        returns_secret = bool(info.returned) and not quiet
+        info.returned.clear()
+        self._audit_log.emit(record, returns_secret=returns_secret)
+
+    # ---------------------------------------------------------------- wiring
 
     async def intercept_service(
         self,
@@ -60,17 +124,23 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             inner_uu: Any = handler.unary_unary
 
             async def unary(raw: bytes, context: Context) -> Any:
-                token = None
+                info = RequestInfo(rpc=method, peer=context.peer() or "")
+                request_token = begin(info)
+                identity_token = None
                 try:
-                    token = set_identity(self._identify(context))
-                    return await inner_uu(parse(raw), context)
+                    identity_token = set_identity(self._admit(context, info))
+                    response = await inner_uu(parse(raw), context)
+                    self._audit(info, None, "request")
+                    return response
                 except grpc.aio.AbortError:
                     raise
                 except Exception as exc:
+                    self._audit_failure(info, exc, "request")
                     await abort_with(context, exc)
                 finally:
-                    if token is not None:
-                        reset_identity(token)
+                    if identity_token is not None:
+                        reset_identity(identity_token)
+                    end(request_token)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary, response_serializer=handler.response_serializer
@@ -79,20 +149,35 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             inner_us: Any = handler.unary_stream
 
             async def stream(raw: bytes, context: Context) -> AsyncIterator[Any]:
-                token = None
+                info = RequestInfo(rpc=method, peer=context.peer() or "")
+                request_token = begin(info)
+                identity_token = None
+                opened = False
                 try:
-                    token = set_identity(self._identify(context))
+                    identity_token = set_identity(self._admit(context, info))
                     async for item in inner_us(parse(raw), context):
+                        if not opened or info.returned:
+                            self._audit(info, None, "stream_event" if opened else "stream_open")
+                            opened = True
                         yield item
+                    self._audit(info, None, "stream_end", quiet=True)
                 except grpc.aio.AbortError:
                     raise
                 except Exception as exc:
+                    self._audit_failure(info, exc, "stream_end" if opened else "request")
                     await abort_with(context, exc)
                 finally:
-                    if token is not None:
-                        reset_identity(token)
+                    if identity_token is not None:
+                        reset_identity(identity_token)
+                    end(request_token)
 
             return grpc.unary_stream_rpc_method_handler(
                 stream, response_serializer=handler.response_serializer
             )
         return handler
+
+    def _audit_failure(self, info: RequestInfo, error: BaseException, event: str) -> None:
+        """Audit a failed call; never raises (the call is failing anyway)."""
+        info.returned.clear()
+        with contextlib.suppress(LatchkeyError):
+            self._audit(info, error, event, quiet=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any, Protocol
@@ -11,8 +12,10 @@ from google.protobuf import timestamp_pb2
 
 from latchkey.v1 import secrets_pb2, secrets_pb2_grpc
 from latchkey_server import models
-from latchkey_server.access.authz import Authorizer, ResourceKind
+from latchkey_server.access.authz import ResourceKind
 from latchkey_server.access.context import current_identity
+from latchkey_server.access.gate import AccessGate
+from latchkey_server.access.request import note_returned
 from latchkey_server.transport import convert, validate
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -46,13 +49,13 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServicer):
         self,
         secrets: SecretSource,
         leases: LeaseSource,
-        authz: Authorizer,
+        gate: AccessGate,
         *,
         kv_mount: str = "secret",
     ) -> None:
         self._secrets = secrets
         self._leases = leases
-        self._authz = authz
+        self._gate = gate
         self._kv_mount = kv_mount
 
     async def GetSecret(
@@ -61,16 +64,20 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServicer):
         mount = validate.mount(request.mount, self._kv_mount)
         path = validate.secret_path(request.path)
         identity = current_identity()
-        self._authz.authorize(identity, ResourceKind.SECRET, f"{mount}/data/{path}", "read")
-        return convert.kv_secret(await self._secrets.get(mount, path, request.version))
+        self._gate.authorize(identity, ResourceKind.SECRET, f"{mount}/data/{path}", "read")
+        secret = await self._secrets.get(mount, path, request.version)
+        for field, value in secret.data.items():
+            note_returned(f"data.{field}", value if isinstance(value, str) else json.dumps(value))
+        return convert.kv_secret(secret)
 
     async def GetDatabaseCredentials(
         self, request: secrets_pb2.GetDatabaseCredentialsRequest, context: Context
     ) -> secrets_pb2.GetDatabaseCredentialsResponse:
         role = validate.name("role", request.role)
         identity = current_identity()
-        self._authz.authorize(identity, ResourceKind.DATABASE, role, "read")
+        self._gate.authorize(identity, ResourceKind.DATABASE, role, "read")
         cred = await self._leases.acquire(identity.name, role)
+        note_returned("password", cred.password)
         return secrets_pb2.GetDatabaseCredentialsResponse(credential=convert.credential(cred))
 
     async def WatchDatabaseCredentials(
@@ -79,10 +86,16 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServicer):
         role = validate.name("role", request.role)
         lease_id = validate.lease_id(request.lease_id) if request.lease_id else ""
         identity = current_identity()
-        self._authz.authorize(identity, ResourceKind.DATABASE, role, "watch")
-        async with aclosing(self._leases.watch(identity.name, role, lease_id)) as events:
-            async for event in events:
-                yield convert.credential_event(event)
+        grant = self._gate.open_stream(identity, ResourceKind.DATABASE, role, "watch")
+        try:
+            async with aclosing(self._leases.watch(identity.name, role, lease_id)) as events:
+                async for event in events:
+                    grant.check()
+                    if isinstance(event, models.CredentialIssued | models.CredentialRotation):
+                        note_returned("password", event.credential.password)
+                    yield convert.credential_event(event)
+        finally:
+            grant.close()
 
     async def AckRotation(
         self, request: secrets_pb2.AckRotationRequest, context: Context
@@ -107,7 +120,7 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServicer):
             else None
         )
         identity = current_identity()
-        self._authz.authorize(identity, ResourceKind.DATABASE, _lease_role(lease_id), "renew")
+        self._gate.authorize(identity, ResourceKind.DATABASE, _lease_role(lease_id), "renew")
         result = await self._leases.renew(identity.name, lease_id, increment)
         return secrets_pb2.RenewLeaseResponse(
             lease_id=result.lease_id,
@@ -122,9 +135,9 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServicer):
         lease_id = validate.lease_id(request.lease_id)
         identity = current_identity()
         role = _lease_role(lease_id)
-        self._authz.authorize(identity, ResourceKind.DATABASE, role, "revoke")
+        self._gate.authorize(identity, ResourceKind.DATABASE, role, "revoke")
         if request.force:
-            self._authz.authorize(identity, ResourceKind.DATABASE, role, "revoke_any")
+            self._gate.authorize(identity, ResourceKind.DATABASE, role, "revoke_any")
         revoked = await self._leases.release(identity.name, lease_id, force=request.force)
         return secrets_pb2.RevokeLeaseResponse(revoked=revoked)
 
@@ -133,6 +146,6 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServicer):
     ) -> secrets_pb2.ListLeasesResponse:
         role = validate.optional_name("role", request.role)
         identity = current_identity()
-        self._authz.authorize(identity, ResourceKind.DATABASE, role or "*", "list_leases")
+        self._gate.authorize(identity, ResourceKind.DATABASE, role or "*", "list_leases")
         leases = self._leases.list(role)
         return secrets_pb2.ListLeasesResponse(leases=[convert.lease_info(x) for x in leases])
