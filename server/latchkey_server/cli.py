@@ -39,7 +39,8 @@ def serve(config_path: Path | None, insecure: bool) -> None:
     Example: latchkey-server serve --config /etc/latchkey/gateway.yaml
     """
     from latchkey_server.config import load_settings
-    from latchkey_server.serving import configure_logging, serve_until_signalled
+    from latchkey_server.observability.logs import configure_logging
+    from latchkey_server.serving import serve_until_signalled
 
     if insecure:
         os.environ["LATCHKEY_INSECURE"] = "true"  # the flag's variable; flags win over the file
@@ -47,7 +48,7 @@ def serve(config_path: Path | None, insecure: bool) -> None:
         settings = load_settings(config_path)
     except LatchkeyError as exc:
         raise click.UsageError(exc.message) from exc
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     try:
         asyncio.run(serve_until_signalled(settings))
     except LatchkeyError as exc:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -122,6 +122,16 @@ class LimitSettings(_Section):
     """Concurrent streams one identity may hold open."""
 
 
+class MetricsSettings(_Section):
+    listen: str = "127.0.0.1:9464"
+    """Prometheus /metrics listener host:port; empty disables it."""
+
+
+class HealthSettings(_Section):
+    probe_interval: float = Field(default=5.0, gt=0)
+    """Seconds between upstream pings feeding the gRPC health service."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LATCHKEY_", env_nested_delimiter="__", extra="forbid"
@@ -136,6 +146,8 @@ class Settings(BaseSettings):
     shutdown_grace: float = Field(default=5.0, ge=0)
     """Seconds in-flight RPCs get to finish on shutdown."""
     log_level: str = "INFO"
+    log_format: Literal["auto", "json", "text"] = "auto"
+    """Logs on stderr: JSON lines, plain text, or auto (text on a terminal, else JSON)."""
     vault: VaultSettings
     consul: ConsulSettings = Field(default_factory=ConsulSettings)
     leases: LeaseSettings = Field(default_factory=LeaseSettings)
@@ -144,6 +156,8 @@ class Settings(BaseSettings):
     tls: TlsSettings = Field(default_factory=TlsSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
 
     @model_validator(mode="after")
     def _tls_or_insecure(self) -> Settings:

@@ -11,6 +11,9 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
+
+from prometheus_client import start_http_server
 
 from latchkey_server.access.audit import AuditLog, load_key
 from latchkey_server.access.authn import Authenticator
@@ -27,7 +30,17 @@ from latchkey_server.brokers.secret_cache import SecretCache
 from latchkey_server.config import Settings
 from latchkey_server.errors import InvalidArgument
 from latchkey_server.models import utcnow
-from latchkey_server.transport.grpc_server import GrpcServer, Sources, TlsMaterial
+from latchkey_server.observability.collector import GatewayCollector
+from latchkey_server.observability.health import Dependency, HealthMonitor
+from latchkey_server.observability.telemetry import Telemetry
+from latchkey_server.transport.grpc_server import (
+    CONFIG_SERVICE,
+    DISCOVERY_SERVICE,
+    SECRETS_SERVICE,
+    GrpcServer,
+    Sources,
+    TlsMaterial,
+)
 from latchkey_server.upstreams.consul import ConsulAdapter
 from latchkey_server.upstreams.consul import ConsulSettings as ConsulAdapterSettings
 from latchkey_server.upstreams.consul_watch import WatchSettings
@@ -48,15 +61,16 @@ class Components:
     discovery: DiscoveryHub
 
 
-def build_components(settings: Settings) -> Components:
-    vault = VaultAdapter.from_settings(settings.vault)
+def build_components(settings: Settings, telemetry: Telemetry) -> Components:
+    vault = VaultAdapter.from_settings(settings.vault, telemetry=telemetry)
     consul = ConsulAdapter(
         ConsulAdapterSettings(
             address=settings.consul.addr,
             token=settings.consul.token.get_secret_value() if settings.consul.token else None,
             connection_budget=settings.consul.max_connections,
             default_wait=settings.consul.wait,
-        )
+        ),
+        telemetry=telemetry,
     )
     watch = WatchSettings(
         wait=settings.consul.wait,
@@ -73,12 +87,14 @@ def build_components(settings: Settings) -> Components:
             grace=settings.leases.grace,
             unheld_grace=settings.leases.unheld_grace,
             heartbeat_interval=settings.heartbeat_interval,
+            telemetry=telemetry,
         ),
         secrets=SecretCache(
             vault,
             ttl=settings.cache.secret_ttl,
             negative_ttl=settings.cache.negative_ttl,
             stale_limit=settings.cache.stale_limit,
+            telemetry=telemetry,
         ),
         config=ConfigHub(
             consul,
@@ -151,7 +167,25 @@ class Gateway:
             settings.audit.sink, _audit_key(settings), fail_closed=settings.audit.fail_closed
         )
         self._limiter = RateLimiter(settings.limits.requests_per_second, settings.limits.burst)
-        self.components = build_components(settings)
+        self.telemetry = Telemetry()
+        self.components = build_components(settings, self.telemetry)
+        c = self.components
+        self.telemetry.registry.register(
+            GatewayCollector(
+                upstreams=[c.vault, c.consul],
+                consul=c.consul,
+                leases=c.leases.list,
+                streams_by_kind=self.gate.streams.by_kind,
+                upstream_watches=lambda: {
+                    "config": c.config.active_watches,
+                    "discovery": c.discovery.active_watches,
+                },
+                audit_failures=lambda: self.audit.failures,
+            )
+        )
+        self.metrics_port: int = 0
+        self._metrics_server: Any = None
+        self._health_monitor: HealthMonitor | None = None
         self._grpc: GrpcServer | None = None
         self._reload_task: asyncio.Task[None] | None = None
         self.port: int = 0
@@ -176,6 +210,7 @@ class Gateway:
             started_at=self.started_at,
             audit=self.audit,
             limiter=self._limiter,
+            telemetry=self.telemetry,
         )
         try:
             self.port = await self._grpc.start(self.settings.listen, self._tls)
@@ -185,6 +220,19 @@ class Gateway:
             log.warning("serving PLAINTEXT gRPC (insecure); use TLS anywhere but loopback")
         if self.policies is not None:
             self._reload_task = asyncio.create_task(self._watch_policies())
+        self._health_monitor = HealthMonitor(
+            [
+                Dependency(c.vault, [SECRETS_SERVICE]),
+                Dependency(c.consul, [CONFIG_SERVICE, DISCOVERY_SERVICE]),
+            ],
+            self._grpc.set_serving,
+            stale_limit=self.settings.cache.stale_limit,
+            interval=self.settings.health.probe_interval,
+        )
+        await self._health_monitor.check_once()
+        self._health_monitor.start()
+        if self.settings.metrics.listen:
+            self._start_metrics(self.settings.metrics.listen)
         host = self.settings.listen.rsplit(":", 1)[0]
         log.info("latchkey gateway listening on %s:%d", host, self.port)
         return self.port
@@ -219,6 +267,8 @@ class Gateway:
         self._stopped.set()
         if self._reload_task is not None:
             self._reload_task.cancel()
+        if self._health_monitor is not None:
+            await self._health_monitor.close()
         if self._grpc is not None:
             await self._grpc.stop(self.settings.shutdown_grace)
         c = self.components
@@ -228,7 +278,22 @@ class Gateway:
         await c.consul.close()
         await c.vault.close()
         self.audit.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         log.info("latchkey gateway stopped")
+
+    def _start_metrics(self, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        try:
+            server, _thread = start_http_server(
+                int(port), addr=host or "127.0.0.1", registry=self.telemetry.registry
+            )
+        except (OSError, ValueError) as exc:
+            raise InvalidArgument(f"metrics.listen {listen!r}: {exc}") from exc
+        self._metrics_server = server
+        self.metrics_port = int(server.server_address[1])
+        log.info("metrics on http://%s:%d/metrics", host or "127.0.0.1", self.metrics_port)
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

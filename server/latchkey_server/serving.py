@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
-import sys
 
 from latchkey_server.config import Settings
 from latchkey_server.server import Gateway
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
 
 
 async def serve_until_signalled(settings: Settings) -> None:

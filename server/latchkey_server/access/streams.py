@@ -79,5 +79,9 @@ class StreamGrants:
                 revoked += 1
         return revoked
 
+    def by_kind(self) -> Counter[str]:
+        """Open streams per resource kind (for metrics)."""
+        return Counter(grant.kind.value for grant in self._open)
+
     def count(self, identity: str | None = None) -> int:
         return len(self._open) if identity is None else self._per_identity[identity]

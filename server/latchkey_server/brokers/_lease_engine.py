@@ -30,6 +30,7 @@ from latchkey_server.models import (
     CredentialRevoked,
     CredentialRotation,
 )
+from latchkey_server.observability.telemetry import Telemetry
 from latchkey_server.upstreams.vault_port import VAULT_SYSTEM_MAX_TTL, RenewedLease, VaultUpstream
 
 log = logging.getLogger("latchkey.brokers.leases")
@@ -58,8 +59,10 @@ class LeaseEngine:
         unheld_grace: float,
         retry: tuple[float, float],
         clock: Callable[[], datetime],
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._vault = vault
+        self._telemetry = telemetry or Telemetry()
         self._mount = mount
         self._renew_fraction = renew_fraction
         self._jitter = max(0.0, min(jitter, 0.5))
@@ -181,6 +184,7 @@ class LeaseEngine:
             lease.role_deadline = min(lease.role_deadline, expires)
         lease.update(expires_at=expires, renewable=result.renewable)
         lease.renew_failures = 0
+        self._telemetry.lease_renewals.labels(outcome="ok").inc()
         lease.next_renew_at = self._renew_time(started, result.lease_duration)
         for watch in lease.streams:
             watch.send(CredentialRenewed(watch.id, lease.lease_id, expires))
@@ -194,10 +198,12 @@ class LeaseEngine:
         except NotFound:
             self._lose(lease, "the lease no longer exists in Vault")
         except (FailedPrecondition, PermissionDenied) as exc:
+            self._telemetry.lease_renewals.labels(outcome="refused").inc()
             log.warning("lease %s cannot be renewed: %s", lease.lease_id, exc.message)
             lease.role_deadline = min(lease.role_deadline, lease.expires_at)
             lease.update(renewable=False)
         except LatchkeyError as exc:
+            self._telemetry.lease_renewals.labels(outcome="error").inc()
             lease.renew_failures += 1
             now = self._now()
             remaining = (lease.expires_at - now).total_seconds()
@@ -278,6 +284,7 @@ class LeaseEngine:
         try:
             new = await self._obtain(old.identity, old.role)
         except LatchkeyError as exc:
+            self._telemetry.lease_rotations.labels(outcome="error").inc()
             old.rotate_failures += 1
             delay = backoff(old.rotate_failures, *self._retry)
             old.next_rotate_attempt = later(self._now(), delay)
@@ -312,6 +319,7 @@ class LeaseEngine:
             )
         old.rotation = rotation
         self._rotations[rotation.id] = rotation
+        self._telemetry.lease_rotations.labels(outcome="ok").inc()
         new.unheld_since = None
         new.wake()
         log.info(

@@ -48,6 +48,7 @@ from latchkey_server.models import (
     RenewResult,
     utcnow,
 )
+from latchkey_server.observability.telemetry import Telemetry
 from latchkey_server.upstreams.vault_port import VaultUpstream
 
 log = logging.getLogger("latchkey.brokers.leases")
@@ -70,6 +71,7 @@ class LeaseBroker(LeaseEngine):
         retry_max_delay: float = 10.0,
         close_upstream: bool = False,
         clock: Callable[[], datetime] = utcnow,
+        telemetry: Telemetry | None = None,
     ) -> None:
         """Args:
         vault: the Vault upstream.
@@ -84,6 +86,7 @@ class LeaseBroker(LeaseEngine):
         retry_delay, retry_max_delay: backoff bounds for failed renewals/rotations/revocations.
         close_upstream: `close()` also closes the upstream (when the broker owns it).
         clock: the time source (UTC datetimes).
+        telemetry: where renewal and rotation counts go (metrics).
         """
         if not 0 < renew_fraction < 1:
             raise InvalidArgument("renew_fraction must be between 0 and 1")
@@ -100,6 +103,7 @@ class LeaseBroker(LeaseEngine):
             unheld_grace=unheld_grace,
             retry=(retry_delay, retry_max_delay),
             clock=clock,
+            telemetry=telemetry,
         )
         self._heartbeat_interval = heartbeat_interval
         self._close_upstream = close_upstream

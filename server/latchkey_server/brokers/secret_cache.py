@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from latchkey_server.brokers.singleflight import SingleFlight
 from latchkey_server.errors import InvalidArgument, NotFound, Unavailable
 from latchkey_server.models import Freshness, KvSecret, utcnow
+from latchkey_server.observability.telemetry import Telemetry
 from latchkey_server.upstreams.vault_port import VaultUpstream
 
 Key = tuple[str, str, int]
@@ -47,6 +48,7 @@ class SecretCache:
         stale_limit: float = 300.0,
         max_entries: int = 10000,
         clock: Callable[[], float] = time.monotonic,
+        telemetry: Telemetry | None = None,
     ) -> None:
         if max_entries < 1:
             raise InvalidArgument("max_entries must be at least 1")
@@ -56,6 +58,7 @@ class SecretCache:
         self._stale_limit = stale_limit
         self._max_entries = max_entries
         self._clock = clock
+        self._counts = (telemetry or Telemetry()).secret_cache
         self._entries: OrderedDict[Key, _Entry] = OrderedDict()
         self._flight: SingleFlight[Key, KvSecret] = SingleFlight()
 
@@ -72,11 +75,15 @@ class SecretCache:
             self._entries.move_to_end(key)
             if entry.secret is None:
                 if now - entry.fetched < self._negative_ttl:
+                    self._counts.labels(result="negative").inc()
                     raise NotFound(entry.not_found)
             elif now - entry.fetched < self._ttl:
+                self._counts.labels(result="hit").inc()
                 return self._served(entry, stale=False, reachable=self._vault.reachable)
             elif now < entry.retry_at and now - entry.fetched <= self._stale_limit:
+                self._counts.labels(result="stale").inc()
                 return self._served(entry, stale=True, reachable=False)
+        self._counts.labels(result="miss").inc()
         return await self._flight.do(key, lambda: self._fetch(key))
 
     async def _fetch(self, key: Key) -> KvSecret:

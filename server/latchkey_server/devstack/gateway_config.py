@@ -53,6 +53,8 @@ class GatewayConfig:
     """Audit log destination: stdout, stderr or a file path."""
     audit_key_file: Path | None = None
     """HMAC key for returned secret values in the audit log."""
+    metrics_listen: str = "127.0.0.1:9464"
+    """Prometheus /metrics listener."""
 
     def as_dict(self) -> dict[str, Any]:
         config: dict[str, Any] = {
@@ -65,6 +67,7 @@ class GatewayConfig:
             "consul": {"addr": self.consul_addr},
             "auth": {"tokens_file": str(self.tokens_file)},
             "audit": {"sink": self.audit_sink},
+            "metrics": {"listen": self.metrics_listen},
         }
         if self.policies_dir is not None:
             config["auth"]["policies_dir"] = str(self.policies_dir)

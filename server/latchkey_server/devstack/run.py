@@ -109,6 +109,7 @@ def run_dev(state_dir: Path) -> None:
         logs / "vault-dev.log",
     )  # fmt: skip
     gateway_port = preferred_port(7400)
+    metrics_port = preferred_port(9464)
     gateway_cfg = state_dir / "gateway.yaml"
     gateway = ManagedProcess(
         "latchkey gateway", [*_server_cmd(), "serve", "--config", str(gateway_cfg)],
@@ -144,6 +145,7 @@ def run_dev(state_dir: Path) -> None:
                 tls=TlsFiles(tls.server.cert, tls.server.key, client_ca_file=tls.ca.cert),
                 audit_sink=str(state_dir / "audit.log"),
                 audit_key_file=write_audit_key(state_dir / "audit.key"),
+                metrics_listen=f"127.0.0.1:{metrics_port}",
             ),
         )
         click.echo("starting the latchkey gateway ...", err=True)

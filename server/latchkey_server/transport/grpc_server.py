@@ -25,18 +25,18 @@ from latchkey_server.access.audit import AuditLog
 from latchkey_server.access.authn import Authenticator
 from latchkey_server.access.gate import AccessGate
 from latchkey_server.access.ratelimit import RateLimiter
+from latchkey_server.observability.telemetry import Telemetry
 from latchkey_server.transport.config import ConfigServicer, ConfigSource
 from latchkey_server.transport.discovery import DiscoveryServicer, DiscoverySource
 from latchkey_server.transport.gateway import GatewayServicer, UpstreamHealth
 from latchkey_server.transport.interceptor import GatewayInterceptor
 from latchkey_server.transport.secrets import LeaseSource, SecretSource, SecretsServicer
 
-SERVICE_NAMES = (
-    secrets_pb2.DESCRIPTOR.services_by_name["Secrets"].full_name,
-    config_pb2.DESCRIPTOR.services_by_name["Config"].full_name,
-    discovery_pb2.DESCRIPTOR.services_by_name["Discovery"].full_name,
-    gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name,
-)
+SECRETS_SERVICE = secrets_pb2.DESCRIPTOR.services_by_name["Secrets"].full_name
+CONFIG_SERVICE = config_pb2.DESCRIPTOR.services_by_name["Config"].full_name
+DISCOVERY_SERVICE = discovery_pb2.DESCRIPTOR.services_by_name["Discovery"].full_name
+GATEWAY_SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
+SERVICE_NAMES = (SECRETS_SERVICE, CONFIG_SERVICE, DISCOVERY_SERVICE, GATEWAY_SERVICE)
 
 # Message size limits, keepalive, and room for a reconnect storm (the default
 # max_pending_requests drops bursts of ~1,000 new calls).
@@ -84,9 +84,10 @@ class GrpcServer:
         started_at: datetime,
         audit: AuditLog | None = None,
         limiter: RateLimiter | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._health = health.aio.HealthServicer()
-        interceptor = GatewayInterceptor(authn, audit=audit, limiter=limiter)
+        interceptor = GatewayInterceptor(authn, audit=audit, limiter=limiter, telemetry=telemetry)
         server = grpc.aio.server(interceptors=[interceptor], options=GRPC_OPTIONS)
         secrets_pb2_grpc.add_SecretsServicer_to_server(
             SecretsServicer(sources.secrets, sources.leases, gate, kv_mount=kv_mount), server

@@ -26,6 +26,7 @@ from latchkey_server.access.ratelimit import RateLimiter
 from latchkey_server.access.request import RequestInfo, begin, end
 from latchkey_server.errors import InvalidArgument, LatchkeyError, Unauthenticated
 from latchkey_server.models import Identity, utcnow
+from latchkey_server.observability.telemetry import Telemetry
 from latchkey_server.transport.errors import abort_with, status_name
 
 log = logging.getLogger("latchkey.transport")
@@ -49,8 +50,10 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         *,
         audit: AuditLog | None = None,
         limiter: RateLimiter | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._authn = authenticator
+        self._telemetry = telemetry or Telemetry()
         self._audit_log = audit
         self._limiter = limiter
 
@@ -72,8 +75,6 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         self, info: RequestInfo, error: BaseException | None, event: str, *, quiet: bool = False
     ) -> None:
         """Write one audit line; raises AuditUnavailable when a secret must not leave unaudited."""
-        if self._audit_log is None:
-            return
         identity = info.identity
         decision = info.decision
         if error is not None and decision == "n/a":
@@ -94,9 +95,15 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             event=event,  # type: ignore[arg-type]
             returned=dict(info.returned),
         )
+        if event in ("request", "stream_end"):
+            method = info.rpc.rsplit("/", 1)[-1]
+            self._telemetry.rpc_requests.labels(method, record.code).inc()
+            kind = "unary" if event == "request" else "stream"
+            self._telemetry.rpc_duration.labels(method, kind).observe(info.latency_ms() / 1000)
         returns_secret = bool(info.returned) and not quiet
         info.returned.clear()
-        self._audit_log.emit(record, returns_secret=returns_secret)
+        if self._audit_log is not None:
+            self._audit_log.emit(record, returns_secret=returns_secret)
 
     # ---------------------------------------------------------------- wiring
 

@@ -35,6 +35,7 @@ import aiohttp
 
 from latchkey_server.errors import InvalidArgument, NotFound, Unavailable
 from latchkey_server.models import ConfigEntry, HealthStatus, Instance, utcnow
+from latchkey_server.observability.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +212,11 @@ class ConsulAdapter:
     with `close()` (or `async with`).
     """
 
-    def __init__(self, settings: ConsulSettings | None = None) -> None:
+    def __init__(
+        self, settings: ConsulSettings | None = None, *, telemetry: Telemetry | None = None
+    ) -> None:
         self.settings = settings or ConsulSettings()
+        self._requests = (telemetry or Telemetry()).upstream_requests
         address = self.settings.address.rstrip("/")
         if "://" not in address:
             address = f"http://{address}"
@@ -306,6 +310,12 @@ class ConsulAdapter:
         return self._session
 
     # ------------------------------------------------------------------ the API
+
+    async def ping(self) -> None:
+        """A cheap read (the agent's view of the leader) that refreshes reachability."""
+        self._check_status(
+            "status", await self._get("status", "leader", "/v1/status/leader", {}, None, None)
+        )
 
     async def kv_get(self, key: str) -> tuple[int, ConfigEntry]:
         if not key:
@@ -423,14 +433,18 @@ class ConsulAdapter:
                     )
             except TimeoutError as exc:
                 self._reachable = False
+                self._requests.labels("consul", op, "error").inc()
                 log.warning("consul %s timed out", op)
                 raise ConsulUnavailable("Consul did not answer in time") from exc
             except (aiohttp.ClientError, OSError) as exc:
                 self._reachable = False
+                self._requests.labels("consul", op, "error").inc()
                 log.warning("consul %s failed: %s", op, type(exc).__name__)
                 raise ConsulUnavailable("Consul is unreachable") from exc
         self._reachable = True
         self._last_contact = utcnow()
+        outcome = "ok" if reply.status in (200, 404) else "error"
+        self._requests.labels("consul", op, outcome).inc()
         return self._check_status(op, reply)
 
     @staticmethod

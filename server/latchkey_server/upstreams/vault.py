@@ -45,6 +45,7 @@ from latchkey_server.errors import (
     Unavailable,
 )
 from latchkey_server.models import KvSecret
+from latchkey_server.observability.telemetry import Telemetry
 from latchkey_server.upstreams._retry import backoff_delay
 from latchkey_server.upstreams._vault_config import (
     AppRoleAuth,
@@ -151,6 +152,30 @@ def translate_error(
 # ---------------------------------------------------------------- the adapter
 
 
+# Metric label for each kind of Vault call (a fixed vocabulary; never a path or role).
+_OPERATIONS = (
+    ("read secret", "kv_read"),
+    ("issue credentials", "creds"),
+    ("renew lease", "lease_renew"),
+    ("revoke lease", "lease_revoke"),
+    ("log in", "login"),
+    ("look up its own token", "token_lookup"),
+    ("renew its token", "token_renew"),
+    ("revoke", "token_revoke"),
+    ("read database role", "role_read"),
+    ("read the configuration of mount", "mount_read"),
+    ("check health", "health"),
+)
+
+
+def operation(action: str) -> str:
+    """The fixed operation label for a call described by `action`."""
+    for prefix, label in _OPERATIONS:
+        if action.startswith(prefix):
+            return label
+    return "other"
+
+
 class VaultAdapter(TokenKeeper):
     """Implements `VaultUpstream` over hvac. Also exposes `name`/`reachable`/`last_contact`
     for the gateway's status service. Token bookkeeping lives in `TokenKeeper`."""
@@ -163,8 +188,10 @@ class VaultAdapter(TokenKeeper):
         *,
         client_factory: ClientFactory | None = None,
         clock: Callable[[], float] = time.time,
+        telemetry: Telemetry | None = None,
     ) -> None:
         super().__init__(config, clock)
+        self._requests = (telemetry or Telemetry()).upstream_requests
         self._factory: ClientFactory = client_factory or self._hvac_client
         self._pool = ThreadPoolExecutor(
             max_workers=config.pool_size, thread_name_prefix="latchkey-vault"
@@ -175,8 +202,10 @@ class VaultAdapter(TokenKeeper):
         self._role_ttl: dict[tuple[str, str], tuple[float | None, float]] = {}
 
     @classmethod
-    def from_settings(cls, settings: VaultSettings) -> VaultAdapter:
-        return cls(config_from_settings(settings))
+    def from_settings(
+        cls, settings: VaultSettings, *, telemetry: Telemetry | None = None
+    ) -> VaultAdapter:
+        return cls(config_from_settings(settings), telemetry=telemetry)
 
     def _hvac_client(self, token: str | None) -> Any:
         return hvac.Client(
@@ -239,6 +268,8 @@ class VaultAdapter(TokenKeeper):
             except Exception as exc:
                 error = translate_error(exc, action, not_found=not_found)
                 self._note(answered=not isinstance(error, Unavailable))
+                outcome = "not_found" if isinstance(error, NotFound) else "error"
+                self._requests.labels("vault", operation(action), outcome).inc()
                 retry = isinstance(exc, _TRANSIENT) and (
                     idempotent or isinstance(exc, _NOT_PROCESSED)
                 )
@@ -254,6 +285,7 @@ class VaultAdapter(TokenKeeper):
                 )
             else:
                 self._note(answered=True)
+                self._requests.labels("vault", operation(action), "ok").inc()
                 return result
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -447,6 +479,16 @@ class VaultAdapter(TokenKeeper):
     @staticmethod
     def _revoke_with(client: Any, *, lease_id: str) -> None:
         client.sys.revoke_lease(lease_id=lease_id)
+
+    async def ping(self) -> None:
+        """`sys/health` (unauthenticated): refreshes reachability even when nothing else runs."""
+        client = self._factory(None)
+        await self._call(
+            lambda: client.sys.read_health_status(method="GET"),
+            action="check health",
+            idempotent=True,
+            attempts=1,
+        )
 
     async def role_max_ttl(self, mount: str, role: str) -> float | None:
         key, now = (mount, role), self._clock()

@@ -1,0 +1,113 @@
+"""Gauges read from the live components at scrape time (no bookkeeping on the hot path)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from typing import Protocol
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from latchkey_server.models import LeaseInfo, utcnow
+
+
+class _Upstream(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def reachable(self) -> bool: ...
+    @property
+    def last_contact(self) -> datetime | None: ...
+
+
+class _ConsulPool(Protocol):
+    @property
+    def connection_budget(self) -> int: ...
+    @property
+    def connections_open(self) -> int: ...
+    @property
+    def requests_in_flight(self) -> int: ...
+
+
+class GatewayCollector(Collector):
+    def __init__(
+        self,
+        *,
+        upstreams: Sequence[_Upstream],
+        consul: _ConsulPool,
+        leases: Callable[[], list[LeaseInfo]],
+        streams_by_kind: Callable[[], Counter[str]],
+        upstream_watches: Callable[[], dict[str, int]],
+        audit_failures: Callable[[], int],
+    ) -> None:
+        self._upstreams = upstreams
+        self._consul = consul
+        self._leases = leases
+        self._streams = streams_by_kind
+        self._watches = upstream_watches
+        self._audit_failures = audit_failures
+
+    def collect(self) -> Iterator[Metric]:
+        now = utcnow()
+        streams = GaugeMetricFamily(
+            "latchkey_active_streams", "Open client streams, by kind.", labels=["kind"]
+        )
+        counts = self._streams()
+        for kind in ("database", "config", "service"):
+            streams.add_metric([kind], counts.get(kind, 0))
+        yield streams
+
+        leases = self._leases()
+        yield GaugeMetricFamily("latchkey_active_leases", "Vault leases held.", value=len(leases))
+        to_max = GaugeMetricFamily(
+            "latchkey_lease_seconds_to_max_ttl",
+            "Seconds until the held lease nearest its max TTL can no longer be renewed "
+            "(absent when no lease is held).",
+        )
+        if leases:
+            nearest = min(lease.max_ttl_deadline for lease in leases)
+            to_max.add_metric([], (nearest - now).total_seconds())
+        yield to_max
+
+        reachable = GaugeMetricFamily(
+            "latchkey_upstream_up", "1 if the upstream answered the last request.",
+            labels=["upstream"],
+        )  # fmt: skip
+        age = GaugeMetricFamily(
+            "latchkey_upstream_last_contact_age_seconds",
+            "Seconds since the upstream last answered (freshness).",
+            labels=["upstream"],
+        )
+        for upstream in self._upstreams:
+            reachable.add_metric([upstream.name], 1.0 if upstream.reachable else 0.0)
+            contact = upstream.last_contact
+            if contact is not None:
+                age.add_metric([upstream.name], (now - contact).total_seconds())
+        yield reachable
+        yield age
+
+        yield GaugeMetricFamily(
+            "latchkey_consul_connections_in_use", "Connections to the Consul agent in use.",
+            value=self._consul.connections_open,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "latchkey_consul_requests_in_flight", "Requests to Consul in flight.",
+            value=self._consul.requests_in_flight,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "latchkey_consul_connection_budget", "The hard cap on connections to Consul.",
+            value=self._consul.connection_budget,
+        )  # fmt: skip
+        watches = GaugeMetricFamily(
+            "latchkey_upstream_watches", "Upstream blocking-query watches, by kind.",
+            labels=["kind"],
+        )  # fmt: skip
+        for kind, value in self._watches().items():
+            watches.add_metric([kind], value)
+        yield watches
+        yield CounterMetricFamily(
+            "latchkey_audit_failures", "Audit log writes that failed.",
+            value=self._audit_failures(),
+        )  # fmt: skip
