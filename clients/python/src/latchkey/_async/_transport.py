@@ -1,0 +1,153 @@
+"""The asyncio transport: lazily created channels, failover between gateways, retries of
+UNAVAILABLE with backoff, and error translation at every stub call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import grpc
+from grpc import aio as grpc_aio  # unasync: remove
+
+from latchkey._async._backend import AsyncLock, monotonic, sleep
+from latchkey._errors import LatchkeyError
+from latchkey._grpc import CHANNEL_OPTIONS, channel_credentials, metadata, translate
+from latchkey._retry import Backoff, is_retryable
+from latchkey._settings import ClientSettings
+from latchkey.v1 import config_pb2_grpc, discovery_pb2_grpc, gateway_pb2_grpc, secrets_pb2_grpc
+
+if TYPE_CHECKING:
+    from latchkey.v1.config_pb2_grpc import ConfigAsyncStub
+    from latchkey.v1.discovery_pb2_grpc import DiscoveryAsyncStub
+    from latchkey.v1.gateway_pb2_grpc import GatewayAsyncStub
+    from latchkey.v1.secrets_pb2_grpc import SecretsAsyncStub
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+@dataclass
+class AsyncStubs:
+    """The generated stubs on one channel."""
+
+    secrets: SecretsAsyncStub
+    config: ConfigAsyncStub
+    discovery: DiscoveryAsyncStub
+    gateway: GatewayAsyncStub
+
+
+class AsyncStream(Generic[Resp]):
+    """A server stream whose errors (also those raised mid-iteration) are SDK exceptions."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._iterator = call.__aiter__()
+
+    def __aiter__(self) -> AsyncStream[Resp]:
+        return self
+
+    async def __anext__(self) -> Resp:
+        try:
+            item: Resp = await self._iterator.__anext__()
+        except grpc.RpcError as exc:
+            raise translate(exc) from exc
+        return item
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class AsyncTransport:
+    """Channels to one or more gateways; the active one changes when a call finds it down."""
+
+    def __init__(self, settings: ClientSettings, backoff: Backoff | None = None) -> None:
+        self.settings = settings
+        self._backoff = backoff or Backoff()
+        self._metadata = metadata(settings)
+        self._channels: dict[int, grpc_aio.Channel] = {}
+        self._stubs: dict[int, AsyncStubs] = {}
+        self._active = 0
+        self._lock = AsyncLock()
+        self._closed = False
+
+    @property
+    def address(self) -> str:
+        """The gateway address currently in use."""
+        return self.settings.endpoints[self._active].target
+
+    def _stubs_for(self, index: int) -> AsyncStubs:
+        stubs = self._stubs.get(index)
+        if stubs is None:
+            if self._closed:
+                raise LatchkeyError("the client is closed")
+            endpoint = self.settings.endpoints[index]
+            creds = channel_credentials(self.settings, endpoint)
+            if creds is None:
+                channel = grpc_aio.insecure_channel(endpoint.target, options=CHANNEL_OPTIONS)
+            else:
+                channel = grpc_aio.secure_channel(endpoint.target, creds, options=CHANNEL_OPTIONS)
+            self._channels[index] = channel
+            stubs = AsyncStubs(
+                secrets=secrets_pb2_grpc.SecretsStub(channel),
+                config=config_pb2_grpc.ConfigStub(channel),
+                discovery=discovery_pb2_grpc.DiscoveryStub(channel),
+                gateway=gateway_pb2_grpc.GatewayStub(channel),
+            )
+            self._stubs[index] = stubs
+        return stubs
+
+    def failover(self, failed: int) -> None:
+        """Move to the next gateway when the one that failed is still the active one."""
+        if self._active == failed and len(self.settings.endpoints) > 1:
+            self._active = (failed + 1) % len(self.settings.endpoints)
+
+    async def unary(
+        self,
+        method: Callable[[AsyncStubs], grpc_aio.UnaryUnaryMultiCallable[Req, Resp]],
+        request: Req,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - the per-attempt gRPC deadline
+    ) -> Resp:
+        """Call a unary RPC; UNAVAILABLE is retried (on the next gateway) within the deadline."""
+        deadline = monotonic() + self.settings.retry_deadline
+        attempt = 0
+        while True:
+            index = self._active
+            try:
+                call = method(self._stubs_for(index))
+                response: Resp = await call(
+                    request,
+                    metadata=self._metadata,
+                    timeout=timeout if timeout is not None else self.settings.timeout,
+                )
+                return response
+            except grpc.RpcError as exc:
+                error = translate(exc)
+            if not is_retryable(error):
+                raise error
+            self.failover(index)
+            delay = self._backoff.delay(attempt, error.retry_after)
+            if monotonic() + delay > deadline:
+                raise error
+            await sleep(delay)
+            attempt += 1
+
+    def stream(
+        self,
+        method: Callable[[AsyncStubs], grpc_aio.UnaryStreamMultiCallable[Req, Resp]],
+        request: Req,
+    ) -> tuple[AsyncStream[Resp], int]:
+        """Open a server stream on the active gateway; returns it with the gateway's index."""
+        index = self._active
+        call = method(self._stubs_for(index))(request, metadata=self._metadata)
+        return AsyncStream(call), index
+
+    async def aclose(self) -> None:
+        async with self._lock:
+            self._closed = True
+            channels = list(self._channels.values())
+            self._channels.clear()
+            self._stubs.clear()
+        for channel in channels:
+            await channel.close()

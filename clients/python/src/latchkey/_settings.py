@@ -1,0 +1,127 @@
+"""Client settings: explicit arguments win; `LATCHKEY_*` variables fill what is missing.
+
+The environment is read here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from latchkey._errors import ConfigurationError
+
+ENV_ADDR = "LATCHKEY_ADDR"
+ENV_TOKEN = "LATCHKEY_TOKEN"
+ENV_CACERT = "LATCHKEY_CACERT"
+ENV_CLIENT_CERT = "LATCHKEY_CLIENT_CERT"
+ENV_CLIENT_KEY = "LATCHKEY_CLIENT_KEY"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One gateway address."""
+
+    target: str
+    """`host:port` as gRPC dials it."""
+    tls: bool
+    """Whether the channel uses TLS."""
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """Everything a client needs to reach the gateway."""
+
+    endpoints: tuple[Endpoint, ...]
+    """Gateway addresses, tried in order; the client fails over between them."""
+    token: str | None = field(default=None, repr=False)
+    """Bearer token sent as `authorization: Bearer <token>`."""
+    cacert: bytes | None = field(default=None, repr=False)
+    """PEM of the CA that signed the gateway's certificate (None: system roots)."""
+    client_cert: bytes | None = field(default=None, repr=False)
+    """PEM client certificate for mTLS."""
+    client_key: bytes | None = field(default=None, repr=False)
+    """PEM private key of the client certificate."""
+    timeout: float = 10.0
+    """Deadline of each unary attempt, seconds."""
+    retry_deadline: float = 15.0
+    """Total time a unary call may spend retrying UNAVAILABLE, seconds."""
+
+
+def _read(path: str | os.PathLike[str] | None, what: str) -> bytes | None:
+    if path is None or str(path) == "":
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot read the {what} file {str(path)!r}: {exc.strerror}"
+        ) from exc
+
+
+def parse_addresses(
+    addr: str | Sequence[str], *, tls_default: bool, insecure: bool
+) -> tuple[Endpoint, ...]:
+    """`host:port`, `http://host:port` (plaintext) or `https://host:port` (TLS); a string may hold
+    several addresses separated by commas."""
+    items = [addr] if isinstance(addr, str) else list(addr)
+    endpoints: list[Endpoint] = []
+    for item in items:
+        for raw in item.split(","):
+            text = raw.strip()
+            if not text:
+                continue
+            tls = tls_default
+            if text.startswith("http://"):
+                text, tls = text.removeprefix("http://"), False
+            elif text.startswith("https://"):
+                text, tls = text.removeprefix("https://"), True
+            text = text.rstrip("/")
+            if insecure:
+                tls = False
+            endpoints.append(Endpoint(target=text, tls=tls))
+    if not endpoints:
+        raise ConfigurationError(
+            f"no gateway address: pass addr=... or set {ENV_ADDR} (e.g. 127.0.0.1:7400)"
+        )
+    return tuple(endpoints)
+
+
+def resolve_settings(
+    addr: str | Sequence[str] | None = None,
+    *,
+    token: str | None = None,
+    cacert: str | os.PathLike[str] | None = None,
+    client_cert: str | os.PathLike[str] | None = None,
+    client_key: str | os.PathLike[str] | None = None,
+    insecure: bool = False,
+    timeout: float = 10.0,
+    retry_deadline: float = 15.0,
+    environ: Mapping[str, str] | None = None,
+) -> ClientSettings:
+    """Build settings from explicit arguments, falling back to `LATCHKEY_*` variables."""
+    env = os.environ if environ is None else environ
+    addr = addr if addr is not None else env.get(ENV_ADDR)
+    token = token if token is not None else env.get(ENV_TOKEN) or None
+    cacert = cacert if cacert is not None else env.get(ENV_CACERT) or None
+    client_cert = client_cert if client_cert is not None else env.get(ENV_CLIENT_CERT) or None
+    client_key = client_key if client_key is not None else env.get(ENV_CLIENT_KEY) or None
+    if (client_cert is None) != (client_key is None):
+        raise ConfigurationError(
+            f"a client certificate needs its key: give both {ENV_CLIENT_CERT} and {ENV_CLIENT_KEY}"
+        )
+    if addr is None:
+        raise ConfigurationError(
+            f"no gateway address: pass addr=... or set {ENV_ADDR} (e.g. 127.0.0.1:7400)"
+        )
+    tls_default = cacert is not None or client_cert is not None
+    return ClientSettings(
+        endpoints=parse_addresses(addr, tls_default=tls_default, insecure=insecure),
+        token=token,
+        cacert=_read(cacert, "CA certificate"),
+        client_cert=_read(client_cert, "client certificate"),
+        client_key=_read(client_key, "client key"),
+        timeout=timeout,
+        retry_deadline=retry_deadline,
+    )

@@ -1,0 +1,249 @@
+"""Stream state shared by the sync and async clients (no I/O).
+
+Each view turns the gateway's stream messages into the events callers see, remembers where to
+resume after a reconnect, and reports freshness changes (stale / fresh) once per change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from latchkey import _convert
+from latchkey._models import (
+    ConfigChange,
+    ConfigEntry,
+    ConfigEvent,
+    DatabaseCredentials,
+    Freshness,
+    ServiceEvent,
+    StreamStatus,
+)
+from latchkey.v1 import config_pb2, discovery_pb2, secrets_pb2
+
+log = logging.getLogger("latchkey")
+
+
+class FreshnessTracker:
+    """Emits `stale` / `fresh` once when the gateway's view of its upstream changes."""
+
+    def __init__(self) -> None:
+        self.stale = False
+
+    def update(self, freshness: Freshness) -> StreamStatus | None:
+        if freshness.stale and not self.stale:
+            self.stale = True
+            return StreamStatus(
+                kind="stale", detail="the gateway serves cached data", freshness=freshness
+            )
+        if not freshness.stale and self.stale:
+            self.stale = False
+            return StreamStatus(kind="fresh", detail="the upstream is back", freshness=freshness)
+        return None
+
+
+class ConfigView:
+    """The keys under a watched prefix, kept current from snapshots and changes."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, ConfigEntry] = {}
+        self.index = 0
+        self.freshness = FreshnessTracker()
+
+    @property
+    def resume_index(self) -> int:
+        return self.index
+
+    def apply(self, msg: config_pb2.ConfigEvent) -> list[ConfigEvent | StreamStatus]:
+        kind = msg.WhichOneof("event")
+        out: list[ConfigEvent | StreamStatus] = []
+        if kind == "snapshot":
+            snap = msg.snapshot
+            new = {e.key: _convert.config_entry(e) for e in snap.entries}
+            changes = [
+                ConfigChange(type="put", key=k, entry=v)
+                for k, v in new.items()
+                if self.entries.get(k) != v
+            ] + [ConfigChange(type="delete", key=k) for k in self.entries if k not in new]
+            self.entries = new
+            self.index = snap.index
+            fresh = _convert.freshness(snap)
+            out.append(
+                ConfigEvent(
+                    kind="snapshot",
+                    entries=dict(new),
+                    changes=changes,
+                    index=snap.index,
+                    freshness=fresh,
+                )
+            )
+        elif kind == "change":
+            change = msg.change
+            changes = [_convert.key_change(c) for c in change.changes]
+            for c in changes:
+                if c.type == "delete":
+                    self.entries.pop(c.key, None)
+                elif c.entry is not None:
+                    self.entries[c.key] = c.entry
+            self.index = change.index
+            fresh = _convert.freshness(change)
+            out.append(
+                ConfigEvent(
+                    kind="change",
+                    entries=dict(self.entries),
+                    changes=changes,
+                    index=change.index,
+                    freshness=fresh,
+                )
+            )
+        else:
+            fresh = _convert.freshness(msg.heartbeat)
+        status = self.freshness.update(fresh)
+        if status is not None:
+            out.append(status)
+        return out
+
+
+class ServiceView:
+    """The live instance set of a watched service."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.current: ServiceEvent | None = None
+        self.freshness = FreshnessTracker()
+
+    def apply(self, msg: discovery_pb2.ServiceEvent) -> list[ServiceEvent | StreamStatus]:
+        out: list[ServiceEvent | StreamStatus] = []
+        if msg.WhichOneof("event") == "instances":
+            s = msg.instances
+            fresh = _convert.freshness(s)
+            self.current = ServiceEvent(
+                service=self.service,
+                instances=[_convert.instance(i) for i in s.instances],
+                index=s.index,
+                freshness=fresh,
+            )
+            out.append(self.current)
+        else:
+            fresh = _convert.freshness(msg.heartbeat)
+        status = self.freshness.update(fresh)
+        if status is not None:
+            out.append(status)
+        return out
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """A rotation to switch to and acknowledge."""
+
+    credentials: DatabaseCredentials
+    watch_id: str
+    rotation_id: str
+    previous_lease_id: str
+    previous_revoke_at: datetime | None
+
+
+@dataclass
+class CredentialView:
+    """The credential a watch holds; what a message means for it."""
+
+    role: str
+    current: DatabaseCredentials | None = None
+    watch_id: str = ""
+    revoked: set[str] = field(default_factory=set)
+
+    @property
+    def lease_id(self) -> str:
+        return self.current.lease_id if self.current is not None else ""
+
+    def apply(
+        self, msg: secrets_pb2.CredentialEvent
+    ) -> DatabaseCredentials | Rotation | StreamStatus | None:
+        """A new credential (issued, possibly a different lease after a reconnect), a rotation
+        to acknowledge, a freshness change, or nothing for the caller."""
+        self.watch_id = msg.watch_id or self.watch_id
+        kind = msg.WhichOneof("event")
+        if kind == "issued":
+            creds = _convert.credentials(msg.issued.credential)
+            self.current = creds
+            return creds
+        if kind == "rotation":
+            rot = msg.rotation
+            creds = _convert.credentials(rot.credential)
+            self.current = creds
+            return Rotation(
+                credentials=creds,
+                watch_id=msg.watch_id,
+                rotation_id=rot.rotation_id,
+                previous_lease_id=rot.previous_lease_id,
+                previous_revoke_at=_convert._ts(rot, "previous_revoke_at"),
+            )
+        if kind == "renewed" and self.current is not None:
+            if msg.renewed.lease_id == self.current.lease_id:
+                expires = _convert._ts(msg.renewed, "lease_expires_at")
+                self.current = self.current.model_copy(update={"expires_at": expires})
+            return None
+        if kind == "revoked":
+            self.revoked.add(msg.revoked.lease_id)
+            if self.current is not None and msg.revoked.lease_id == self.current.lease_id:
+                return StreamStatus(kind="stale", detail="the current lease was revoked")
+        return None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ModelBinder(Generic[M]):
+    """Keeps a pydantic model in step with the keys under a prefix.
+
+    Keys map to fields by their last path segment (`config/app/pool_size` → `pool_size`, with
+    `-` read as `_`); values are decoded as JSON when they parse, else used as text. An update
+    that fails validation keeps the last good value and goes to `on_error`.
+    """
+
+    def __init__(
+        self, prefix: str, model: type[M], on_error: Callable[[Exception], None] | None
+    ) -> None:
+        self.prefix = prefix
+        self.model = model
+        self.on_error = on_error
+        self.value: M | None = None
+
+    def field_values(self, entries: dict[str, ConfigEntry]) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        base = self.prefix.rstrip("/") + "/" if self.prefix else ""
+        for key, entry in entries.items():
+            name = key[len(base) :] if key.startswith(base) else key
+            name = name.strip("/").replace("/", "__").replace("-", "_")
+            if not name:
+                continue
+            text = entry.text
+            try:
+                values[name] = json.loads(text)
+            except ValueError:
+                values[name] = text
+        return values
+
+    def update(self, entries: dict[str, ConfigEntry]) -> M | None:
+        """Validate; on success replace the bound instance (returned), else report."""
+        try:
+            new = self.model.model_validate(self.field_values(entries))
+        except ValidationError as exc:
+            if self.on_error is not None:
+                self.on_error(exc)
+            else:
+                log.warning(
+                    "config under %r failed validation; keeping the last good value", self.prefix
+                )
+            return None
+        if self.value is None:
+            self.value = new
+        else:  # update the live instance the application holds, field by field
+            self.value.__dict__.update(new.__dict__)
+        return self.value

@@ -1,0 +1,417 @@
+"""`latchkey` commands. Uses only the public SDK, exactly as an application would."""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+import latchkey
+from latchkey.cli import _output as out
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_CODES_HELP = """Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 permission denied,
+5 unavailable."""
+
+
+class Ctx:
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    def client(self) -> latchkey.Client:
+        return latchkey.Client(**self.options)
+
+
+def read_options(fn: F) -> F:
+    fn = click.option(
+        "--field", "field", default=None, help="Print only this field's bare value (for scripts)."
+    )(fn)
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["table", "json"]),
+        default="table",
+        show_default=True,
+        help="Output format.",
+    )(fn)
+
+
+def watch_options(fn: F) -> F:
+    fn = click.option("--count", type=int, default=None, help="Exit after this many data events.")(
+        fn
+    )
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["table", "json"]),
+        default="json",
+        show_default=True,
+        help="json: one JSON object per line, flushed per event.",
+    )(fn)
+
+
+class LatchkeyGroup(click.Group):
+    """Turns SDK errors into one line on stderr and a documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except latchkey.LatchkeyError as exc:
+            click.echo(f"error: {type(exc).__name__}: {exc.message}", err=True)
+            ctx.exit(out.exit_code(exc))
+
+
+@click.group(cls=LatchkeyGroup, epilog=EXIT_CODES_HELP)
+@click.option("--addr", default=None, help="Gateway address(es), comma-separated [LATCHKEY_ADDR].")
+@click.option("--token", default=None, help="Bearer token [LATCHKEY_TOKEN].")
+@click.option("--cacert", default=None, help="CA certificate (PEM) [LATCHKEY_CACERT].")
+@click.option("--client-cert", default=None, help="Client certificate [LATCHKEY_CLIENT_CERT].")
+@click.option("--client-key", default=None, help="Client key [LATCHKEY_CLIENT_KEY].")
+@click.option("--insecure", is_flag=True, help="Plaintext gRPC even with a CA configured.")
+@click.option(
+    "--retry-deadline",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds to keep retrying an unavailable gateway.",
+)
+@click.version_option(latchkey.__version__, prog_name="latchkey")
+@click.pass_context
+def cli(ctx: click.Context, /, **options: Any) -> None:
+    """Operate a latchkey gateway: secrets, database leases, config, services.
+
+    \b
+    Example:
+      export LATCHKEY_ADDR=127.0.0.1:7400 LATCHKEY_TOKEN=...
+      latchkey status
+    """
+    ctx.obj = Ctx(**options)
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+# ------------------------------------------------------------------ secrets
+
+
+@cli.group()
+def secrets() -> None:
+    """KV v2 secrets."""
+
+
+@secrets.command("get")
+@click.argument("path")
+@click.option("--mount", default="secret", show_default=True, help="KV v2 mount.")
+@click.option("--version", type=int, default=None, help="Version to read (default: latest).")
+@click.option("--reveal", is_flag=True, help="Print secret values (hidden unless asked for).")
+@read_options
+@pass_ctx
+def secrets_get(
+    ctx: Ctx, path: str, mount: str, version: int | None, reveal: bool, fmt: str, field: str | None
+) -> None:
+    """Read a secret. Values are shown only with --reveal or --field.
+
+    \b
+    Example:
+      latchkey secrets get demo/app --field api_key
+    """
+    with ctx.client() as client:
+        secret = client.secrets.get(path, mount=mount, version=version)
+    if field is not None:
+        out.emit(secret.data, fmt, field, [])
+        return
+    data = secret.data if reveal else {k: out.REDACTED for k in secret.data}
+    if fmt == "json":
+        doc = {"path": path, "mount": mount, "version": secret.version, "data": data}
+        doc["created_time"] = secret.created_time
+        out.emit(doc, fmt, None, [])
+    else:
+        rows = [{"key": k, "value": v} for k, v in sorted(data.items())]
+        click.echo(f"{mount}/{path} (version {secret.version})")
+        out.emit(rows, fmt, None, ["key", "value"])
+
+
+# ------------------------------------------------------------------ database
+
+
+def _creds_doc(creds: latchkey.DatabaseCredentials, reveal: bool) -> dict[str, Any]:
+    doc = creds.model_dump(exclude={"password"})
+    doc["password"] = creds.password.get_secret_value() if reveal else out.REDACTED
+    return doc
+
+
+@cli.group()
+def db() -> None:
+    """Dynamic database credentials."""
+
+
+@db.command("creds")
+@click.argument("role")
+@click.option("--reveal", is_flag=True, help="Print the password (hidden unless asked for).")
+@read_options
+@pass_ctx
+def db_creds(ctx: Ctx, role: str, reveal: bool, fmt: str, field: str | None) -> None:
+    """Get a credential for ROLE (a lease the gateway renews while held).
+
+    \b
+    Example:
+      latchkey db creds demo-readonly --field username
+    """
+    with ctx.client() as client:
+        creds = client.database.credentials(role)
+    doc = _creds_doc(creds, reveal or field == "password")
+    out.emit(doc, fmt, field, ["username", "password", "lease_id", "expires_at"])
+
+
+@cli.group()
+def leases() -> None:
+    """Leases the gateway holds."""
+
+
+LEASE_COLUMNS = ["lease_id", "role", "holder", "username", "expires_at", "holders"]
+
+
+@leases.command("list")
+@click.option("--role", default=None, help="Only leases of this role.")
+@read_options
+@pass_ctx
+def leases_list(ctx: Ctx, role: str | None, fmt: str, field: str | None) -> None:
+    """List leases (never passwords).
+
+    \b
+    Example:
+      latchkey leases list --role demo-readonly --format json
+    """
+    with ctx.client() as client:
+        items = client.leases.list(role=role)
+    out.emit([x.model_dump() for x in items], fmt, field, LEASE_COLUMNS)
+
+
+@leases.command("renew")
+@click.argument("lease_id")
+@click.option("--increment", type=float, default=None, help="Seconds to extend by.")
+@read_options
+@pass_ctx
+def leases_renew(
+    ctx: Ctx, lease_id: str, increment: float | None, fmt: str, field: str | None
+) -> None:
+    """Renew a lease.
+
+    \b
+    Example:
+      latchkey leases renew database/creds/demo-readonly/abc123
+    """
+    with ctx.client() as client:
+        renewed = client.leases.renew(lease_id, increment)
+    out.emit(renewed.model_dump(), fmt, field, ["lease_id", "expires_at", "renewable"])
+
+
+@leases.command("revoke")
+@click.argument("lease_id")
+@click.option("--force", is_flag=True, help="Revoke in Vault now, whoever holds it (operators).")
+@pass_ctx
+def leases_revoke(ctx: Ctx, lease_id: str, force: bool) -> None:
+    """Release (or with --force revoke) a lease.
+
+    \b
+    Example:
+      latchkey leases revoke --force database/creds/demo-readonly/abc123
+    """
+    with ctx.client() as client:
+        revoked = client.leases.revoke(lease_id, force=force)
+    click.echo("revoked" if revoked else "released (other holders keep it alive)")
+
+
+# ------------------------------------------------------------------ config
+
+
+@cli.group()
+def config() -> None:
+    """Live configuration (Consul KV)."""
+
+
+def _entry_doc(entry: latchkey.ConfigEntry) -> dict[str, Any]:
+    return {"key": entry.key, "value": entry.text, "modify_index": entry.modify_index}
+
+
+@config.command("get")
+@click.argument("key")
+@read_options
+@pass_ctx
+def config_get(ctx: Ctx, key: str, fmt: str, field: str | None) -> None:
+    """Read one key.
+
+    \b
+    Example:
+      latchkey config get config/demo/log_level --field value
+    """
+    with ctx.client() as client:
+        entry = client.config.get(key)
+    out.emit(_entry_doc(entry), fmt, field, ["key", "value", "modify_index"])
+
+
+@config.command("list")
+@click.argument("prefix")
+@read_options
+@pass_ctx
+def config_list(ctx: Ctx, prefix: str, fmt: str, field: str | None) -> None:
+    """Every key under PREFIX.
+
+    \b
+    Example:
+      latchkey config list config/demo/
+    """
+    with ctx.client() as client:
+        entries = client.config.list(prefix)
+    out.emit([_entry_doc(e) for e in entries], fmt, field, ["key", "value", "modify_index"])
+
+
+def _follow(events: queue.Queue[dict[str, Any]], fmt: str, count: int | None) -> None:
+    seen = 0
+    try:
+        while count is None or seen < count:
+            doc = events.get()
+            out.emit_line(doc, fmt)
+            if doc.get("event") not in ("stale", "fresh", "unreachable", "reconnected"):
+                seen += 1
+    except KeyboardInterrupt:
+        pass
+
+
+def _status_doc(status: latchkey.StreamStatus) -> dict[str, Any]:
+    return {"event": status.kind, "detail": status.detail}
+
+
+@config.command("watch")
+@click.argument("prefix")
+@watch_options
+@pass_ctx
+def config_watch(ctx: Ctx, prefix: str, fmt: str, count: int | None) -> None:
+    """Follow PREFIX: the snapshot, then each change, one line per event.
+
+    \b
+    Example:
+      latchkey config watch config/demo/ | jq .
+    """
+    events: queue.Queue[dict[str, Any]] = queue.Queue()
+
+    def on_event(event: latchkey.ConfigEvent | latchkey.StreamStatus) -> None:
+        if isinstance(event, latchkey.StreamStatus):
+            events.put(_status_doc(event))
+            return
+        events.put(
+            {
+                "event": event.kind,
+                "index": event.index,
+                "values": {k: e.text for k, e in event.entries.items()},
+                "changes": [
+                    {"type": c.type, "key": c.key, "value": c.entry.text if c.entry else None}
+                    for c in event.changes
+                ],
+                "stale": event.freshness.stale,
+            }
+        )
+
+    with ctx.client() as client, client.config.watch(prefix, on_event):
+        _follow(events, fmt, count)
+
+
+# ------------------------------------------------------------------ services
+
+
+@cli.group()
+def services() -> None:
+    """Healthy service instances (Consul)."""
+
+
+INSTANCE_COLUMNS = ["id", "address", "port", "health", "tags", "node"]
+
+
+@services.command("list")
+@click.argument("name")
+@click.option("--tag", default=None, help="Only instances with this tag.")
+@read_options
+@pass_ctx
+def services_list(ctx: Ctx, name: str, tag: str | None, fmt: str, field: str | None) -> None:
+    """Healthy instances of NAME.
+
+    \b
+    Example:
+      latchkey services list web --tag v1
+    """
+    with ctx.client() as client:
+        instances = client.services.healthy(name, tag=tag)
+    out.emit([i.model_dump() for i in instances], fmt, field, INSTANCE_COLUMNS)
+
+
+@services.command("watch")
+@click.argument("name")
+@watch_options
+@pass_ctx
+def services_watch(ctx: Ctx, name: str, fmt: str, count: int | None) -> None:
+    """Follow NAME's healthy instances: the full set on every change, one line per event.
+
+    \b
+    Example:
+      latchkey services watch web --count 1
+    """
+    events: queue.Queue[dict[str, Any]] = queue.Queue()
+
+    def on_event(event: latchkey.ServiceEvent | latchkey.StreamStatus) -> None:
+        if isinstance(event, latchkey.StreamStatus):
+            events.put(_status_doc(event))
+            return
+        events.put(
+            {
+                "event": "instances",
+                "service": name,
+                "index": event.index,
+                "instances": [f"{i.address}:{i.port}" for i in event.instances],
+                "ids": [i.id for i in event.instances],
+                "stale": event.freshness.stale,
+            }
+        )
+
+    with ctx.client() as client, client.services.watch(name, on_event):
+        _follow(events, fmt, count)
+
+
+# ------------------------------------------------------------------ status
+
+
+@cli.command()
+@read_options
+@pass_ctx
+def status(ctx: Ctx, fmt: str, field: str | None) -> None:
+    """Gateway health, upstream freshness, and who the gateway thinks you are.
+
+    \b
+    Example:
+      latchkey status --field identity
+    """
+    with ctx.client() as client:
+        st = client.status()
+    if fmt == "json" or field is not None:
+        out.emit(st.model_dump(), fmt, field, [])
+        return
+    click.echo(f"gateway   {st.address} (version {st.version}, serving)")
+    click.echo(f"identity  {st.identity} (via {st.auth_method})")
+    rows = [u.model_dump() for u in st.upstreams]
+    click.echo(out.table(rows, ["name", "state", "age_seconds", "last_contact"]))
+
+
+def _register_exec() -> None:
+    from latchkey.cli._exec import exec_command
+
+    cli.add_command(exec_command)
+
+
+_register_exec()
+
+
+def run(args: list[str] | None = None) -> None:
+    """Run the CLI (exit codes: see `latchkey --help`)."""
+    cli.main(args=args, prog_name="latchkey")
