@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from latchkey_server.access.certs import CertPaths, init_ca, issue_client, issue_server
 from latchkey_server.access.policies import DEFAULT_POLICY_DIR
@@ -43,6 +41,7 @@ from latchkey_server.devstack.seed import (
     seed_postgres,
     seed_vault,
 )
+from latchkey_server.transport.probe import ProbeTLS, check_health
 
 
 def _server_cmd() -> list[str]:
@@ -76,18 +75,8 @@ def dev_certificates(directory: Path) -> DevCertificates:
 
 
 def _grpc_serving(addr: str, tls: DevCertificates) -> bool:
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=tls.ca.cert.read_bytes(),
-        private_key=tls.client.key.read_bytes(),
-        certificate_chain=tls.client.cert.read_bytes(),
-    )
-    try:
-        with grpc.secure_channel(addr, credentials) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-    except grpc.RpcError:
-        return False
+    probe = ProbeTLS(cacert=tls.ca.cert, cert=tls.client.cert, key=tls.client.key)
+    return check_health(addr, tls=probe, timeout=1.0).serving
 
 
 def run_dev(state_dir: Path) -> None:
@@ -171,11 +160,11 @@ def run_dev(state_dir: Path) -> None:
         click.echo(
             f"ready: latchkey gateway on {gateway_addr} (Vault {vault_addr}, Consul {consul.url})\n"
             f"  1. source {env_path}   # LATCHKEY_*, VAULT_*, CONSUL_HTTP_ADDR\n"
-            f"  2. gRPC at $LATCHKEY_ADDR with 'authorization: Bearer $LATCHKEY_TOKEN' "
-            "(README: a Python example)\n"
-            f"  3. demo: database role {DEMO_ROLE}, secret secret/{DEMO_SECRET_PATH}, "
-            f"config {DEMO_CONFIG_PREFIX}, service web\n"
-            f"  4. logs in {logs}; more roles and secrets via vault-dev ($VAULT_ADDR, hvac)\n"
+            f"  2. latchkey status; latchkey db creds {DEMO_ROLE} --format json\n"
+            f"  3. latchkey secrets get {DEMO_SECRET_PATH}; latchkey config watch "
+            f"{DEMO_CONFIG_PREFIX}; latchkey services watch web\n"
+            f"  4. audit log {state_dir / 'audit.log'}, logs in {logs}, "
+            f"metrics http://127.0.0.1:{metrics_port}/metrics\n"
             "  5. Ctrl-C stops everything and revokes the gateway's leases"
         )
         sys.stdout.flush()
