@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 import tempfile
 import time
@@ -29,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    # SIGTERM (e.g. from `timeout`) must still run the `finally` below that stops the stack,
+    # whose processes live in their own sessions and would otherwise be orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     raise_nofile()
     started = time.monotonic()
     figures: list[Figure] = []

@@ -56,6 +56,9 @@ class Binding:
         return identity == self.identity
 
 
+_MEMO_LIMIT = 65536
+
+
 class PolicySet:
     """Named policies plus bindings; answers `allows` for an identity."""
 
@@ -69,6 +72,9 @@ class PolicySet:
                     )
         self.policies: Mapping[str, Policy] = dict(policies)
         self.bindings = bindings
+        # A PolicySet never changes (a reload builds a new one), so decisions can be memoised.
+        self._rules: dict[str, tuple[Rule, ...]] = {}
+        self._decisions: dict[tuple[str, ResourceKind, str, str], bool] = {}
 
     @classmethod
     def load(cls, directory: Path = DEFAULT_POLICY_DIR) -> PolicySet:
@@ -98,15 +104,28 @@ class PolicySet:
         return tuple(names)
 
     def rules_for(self, identity: str) -> tuple[Rule, ...]:
-        return tuple(
-            rule for name in self.policies_for(identity) for rule in self.policies[name].rules
-        )
+        rules = self._rules.get(identity)
+        if rules is None:
+            if len(self._rules) >= _MEMO_LIMIT:
+                self._rules.clear()
+            rules = self._rules[identity] = tuple(
+                rule for name in self.policies_for(identity) for rule in self.policies[name].rules
+            )
+        return rules
 
     def allows(
         self, identity: Identity | str, kind: ResourceKind, resource: str, capability: str
     ) -> bool:
         name = identity.name if isinstance(identity, Identity) else identity
-        return decide(self.rules_for(name), kind, resource, capability)
+        key = (name, kind, resource, capability)
+        decision = self._decisions.get(key)
+        if decision is None:
+            if len(self._decisions) >= _MEMO_LIMIT:
+                self._decisions.clear()  # bounded memory; only costs recomputation
+            decision = self._decisions[key] = decide(
+                self.rules_for(name), kind, resource, capability
+            )
+        return decision
 
 
 def load_bindings(path: Path) -> tuple[Binding, ...]:

@@ -54,15 +54,25 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
     ) -> None:
         self._authn = authenticator
         self._telemetry = telemetry or Telemetry()
+        # Wrapped handlers and metric children are built once per method, not per call.
+        self._wrapped: dict[str, Any] = {}
+        self._counters: dict[tuple[str, str], Any] = {}
+        self._timers: dict[tuple[str, str], Any] = {}
         self._audit_log = audit
         self._limiter = limiter
 
     # ---------------------------------------------------------------- per call
 
     def _admit(self, context: Context, info: RequestInfo) -> Identity:
-        metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        metadata: dict[str, str] = {}
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization" and isinstance(value, str):
+                metadata[key] = value
+                break
+        # The peer certificate is only needed when no bearer token is presented.
+        certificate = None if metadata else _peer_certificate(context)
         try:
-            identity = self._authn.authenticate(metadata, info.peer, _peer_certificate(context))
+            identity = self._authn.authenticate(metadata, info.peer, certificate)
         except Unauthenticated:
             info.decision = "deny"
             raise
@@ -96,14 +106,24 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             returned=dict(info.returned),
         )
         if event in ("request", "stream_end"):
-            method = info.rpc.rsplit("/", 1)[-1]
-            self._telemetry.rpc_requests.labels(method, record.code).inc()
-            kind = "unary" if event == "request" else "stream"
-            self._telemetry.rpc_duration.labels(method, kind).observe(info.latency_ms() / 1000)
+            self._count(info, record.code, "unary" if event == "request" else "stream")
         returns_secret = bool(info.returned) and not quiet
         info.returned.clear()
         if self._audit_log is not None:
             self._audit_log.emit(record, returns_secret=returns_secret)
+
+    def _count(self, info: RequestInfo, code: str, kind: str) -> None:
+        method = info.rpc.rsplit("/", 1)[-1]
+        counter = self._counters.get((method, code))
+        if counter is None:
+            counter = self._counters[(method, code)] = self._telemetry.rpc_requests.labels(
+                method, code
+            )
+        timer = self._timers.get((method, kind))
+        if timer is None:
+            timer = self._timers[(method, kind)] = self._telemetry.rpc_duration.labels(method, kind)
+        counter.inc()
+        timer.observe(info.latency_ms() / 1000)
 
     # ---------------------------------------------------------------- wiring
 
@@ -112,10 +132,18 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Any:
-        handler: Any = await continuation(handler_call_details)
         method: str = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler: Any = await continuation(handler_call_details)
         if handler is None or method.startswith(PUBLIC_PREFIXES):
             return handler
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = wrapped
+        return wrapped
+
+    def _wrap(self, method: str, handler: Any) -> Any:
         decode = handler.request_deserializer
         name = method.rsplit("/", 1)[-1]
 
