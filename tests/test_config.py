@@ -13,7 +13,8 @@ from latchkey_server.errors import InvalidArgument
 def test_yaml_file_and_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tmp_path / "gw.yaml"
     cfg.write_text(
-        "listen: 127.0.0.1:9999\ninsecure: true\nvault:\n  token: s3cr3t-value\nconsul:\n  wait: 30\n"
+        "listen: 127.0.0.1:9999\ninsecure: true\n"
+        "vault:\n  token: s3cr3t-value\nconsul:\n  wait: 30\n"
     )
     monkeypatch.setenv("LATCHKEY_CONSUL__WAIT", "20")
     settings = load_settings(cfg)
@@ -26,7 +27,8 @@ def test_yaml_file_and_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_toml_file(tmp_path: Path) -> None:
     cfg = tmp_path / "gw.toml"
     cfg.write_text(
-        'listen = "127.0.0.1:1"\ninsecure = true\n[vault]\napprole_role_id = "r"\napprole_secret_id = "s"\n'
+        'listen = "127.0.0.1:1"\ninsecure = true\n'
+        '[vault]\napprole_role_id = "r"\napprole_secret_id = "s"\n'
     )
     assert load_settings(cfg).vault.approle_role_id == "r"
 

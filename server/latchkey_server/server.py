@@ -179,6 +179,8 @@ class Gateway:
                 upstream_watches=lambda: {
                     "config": c.config.active_watches,
                     "discovery": c.discovery.active_watches,
+                    "config_overflow": c.config.overflow_watches,
+                    "discovery_overflow": c.discovery.overflow_watches,
                 },
                 audit_failures=lambda: self.audit.failures,
             )

@@ -9,7 +9,8 @@ from typing import Any
 
 from latchkey_server.errors import NotFound
 from latchkey_server.models import ConfigEntry, Heartbeat, Instance
-from latchkey_server.upstreams.consul import ConsulUnavailable
+from latchkey_server.upstreams.consul import CheckState, ConsulUnavailable
+from latchkey_server.upstreams.consul_watch import WatchSlots
 
 WAIT = 15.0
 """Upper bound for any single wait in these tests (a hang guard, not a timing assertion)."""
@@ -118,4 +119,57 @@ class FakeConsul:
     ) -> tuple[int, list[Instance]]:
         self.calls["health_service"] += 1
         await self._block(index)
+        return self.index, []
+
+
+class SlottedFake(FakeConsul):
+    """A `FakeConsul` with a finite blocking capacity: watches beyond it overflow into the
+    shared queries (`kv_tree`, `health_state`)."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self._slots = WatchSlots(capacity)
+        self.reads: Counter[str] = Counter()
+        """Plain (non-blocking) `kv_list` reads per prefix."""
+        self.blocking: Counter[str] = Counter()
+        """Blocking calls in flight per operation."""
+        self.peak_blocking = 0
+
+    @property
+    def watch_slots(self) -> WatchSlots:
+        return self._slots
+
+    async def _counted_block(self, op: str, index: int | None) -> None:
+        if not index:
+            await self._block(index)
+            return
+        self.blocking[op] += 1
+        self.peak_blocking = max(self.peak_blocking, sum(self.blocking.values()))
+        try:
+            await self._block(index)
+        finally:
+            self.blocking[op] -= 1
+
+    async def kv_list(
+        self, prefix: str, index: int | None = None, wait: float | None = None
+    ) -> tuple[int, list[ConfigEntry]]:
+        self.calls["kv_list"] += 1
+        if not index:
+            self.reads[prefix] += 1
+        await self._counted_block("kv_list", index)
+        return self.index, [self.kv[k] for k in sorted(self.kv) if k.startswith(prefix)]
+
+    async def kv_tree(
+        self, prefix: str, index: int | None = None, wait: float | None = None
+    ) -> tuple[int, list[tuple[str, int]]]:
+        self.calls["kv_tree"] += 1
+        await self._counted_block("kv_tree", index)
+        under = sorted(k for k in self.kv if k.startswith(prefix))
+        return self.index, [(k, self.kv[k].modify_index) for k in under]
+
+    async def health_state(
+        self, *, datacenter: str = "", index: int | None = None, wait: float | None = None
+    ) -> tuple[int, list[CheckState]]:
+        self.calls["health_state"] += 1
+        await self._counted_block("health_state", index)
         return self.index, []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import consul
 import pytest
@@ -16,6 +16,7 @@ from latchkey_server.errors import InvalidArgument, NotFound, Unavailable
 from latchkey_server.models import HealthStatus
 from latchkey_server.upstreams.consul import (
     ConsulAdapter,
+    ConsulSaturated,
     ConsulSettings,
     ConsulUnavailable,
     classify_checks,
@@ -151,6 +152,7 @@ class Scripted:
         self.index = "7"
         self.seen: list[tuple[dict[str, str], dict[str, str]]] = []
         self.hold: asyncio.Event | None = None
+        self.hold_plain: asyncio.Event | None = None
         self.active = 0
         self.max_active = 0
 
@@ -161,6 +163,8 @@ class Scripted:
         try:
             if self.hold is not None and "index" in request.query:
                 await self.hold.wait()
+            if self.hold_plain is not None and "index" not in request.query:
+                await self.hold_plain.wait()
             return web.Response(
                 status=self.status, body=self.body, headers={"X-Consul-Index": self.index}
             )
@@ -179,8 +183,9 @@ async def scripted() -> AsyncIterator[tuple[Scripted, str]]:
     await site.start()
     port = runner.addresses[0][1]
     yield server, f"http://127.0.0.1:{port}"
-    if server.hold is not None:
-        server.hold.set()
+    for event in (server.hold, server.hold_plain):
+        if event is not None:
+            event.set()
     await runner.cleanup()
 
 
@@ -263,3 +268,115 @@ async def test_blocking_queries_leave_a_reserve_of_the_connection_budget(
         async with asyncio.timeout(10):
             await asyncio.gather(*blocked)
     assert server.max_active <= 4
+
+
+async def _eventually(condition: Callable[[], bool], within: float = 10.0) -> None:
+    """Poll an observable condition (a hang guard of `within` s, not a timing assertion)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_plain_reads_never_queue_behind_blocking_queries(
+    scripted: tuple[Scripted, str],
+) -> None:
+    server, url = scripted
+    server.hold = asyncio.Event()
+    async with ConsulAdapter(ConsulSettings(address=url, connection_budget=4)) as a:
+        blocked = [asyncio.create_task(a.kv_list(f"p{i}/", index=5, wait=30.0)) for i in range(10)]
+        deadline = asyncio.get_running_loop().time() + 10
+        while server.active < a.blocking_capacity:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        async with asyncio.timeout(10):  # a hang guard, not a timing assertion
+            for _ in range(5):
+                await a.kv_list("plain/")
+                await a.health_service("svc")
+        assert a.reachable
+        assert a.saturations == 0
+        server.hold.set()
+        async with asyncio.timeout(10):
+            await asyncio.gather(*blocked)
+    assert server.max_active <= 4
+
+
+async def test_a_saturated_read_reserve_is_not_an_unreachable_consul(
+    scripted: tuple[Scripted, str],
+) -> None:
+    server, url = scripted
+    server.hold_plain = asyncio.Event()
+    settings = ConsulSettings(address=url, connection_budget=2, pool_timeout=0.2)
+    async with ConsulAdapter(settings) as a:
+        assert (a.blocking_capacity, a.read_reserve) == (1, 1)
+        first = asyncio.create_task(a.kv_list("a/"))
+        await _eventually(lambda: server.active == 1)
+        with pytest.raises(ConsulSaturated) as info:
+            await a.kv_list("b/")
+        assert isinstance(info.value, Unavailable)
+        assert "saturated" in info.value.message
+        assert "unreachable" not in info.value.message
+        assert info.value.retry_after is not None
+        assert a.reachable  # nothing failed on the network
+        assert a.saturations == 1
+        server.hold_plain.set()
+        assert await first == (7, [])
+        assert a.reachable
+    assert server.max_active == 1
+
+
+async def test_kv_tree_and_health_state(consul_agent: ConsulAgent, adapter: ConsulAdapter) -> None:
+    c = _client(consul_agent)
+    prefix = f"t/tree/{uuid.uuid4().hex}/"
+    c.kv.put(prefix + "a", "1")
+    c.kv.put(prefix + "b/c", "2")
+    index, pairs = await adapter.kv_tree(prefix)
+    _, entries = await adapter.kv_list(prefix)
+    assert pairs == [(e.key, e.modify_index) for e in entries]
+    waiting = asyncio.create_task(adapter.kv_tree(prefix, index=index, wait=30.0))
+    await _eventually(lambda: adapter.in_flight("kv_tree", prefix) == 1)
+    c.kv.delete(prefix + "a")  # a delete moves the index too
+    async with asyncio.timeout(20):
+        moved, after = await waiting
+    assert moved > index
+    assert [key for key, _ in after] == [prefix + "b/c"]
+
+    svc = f"state-{uuid.uuid4().hex[:8]}"
+    c.agent.service.register(svc, service_id=f"{svc}-1", port=9100, check=consul.Check.ttl("5m"))
+    try:
+        c.agent.check.ttl_warn(f"service:{svc}-1")
+        _, checks = await adapter.health_state()
+        mine = [ch for ch in checks if ch.service_name == svc]
+        assert [(ch.service_id, ch.status) for ch in mine] == [(f"{svc}-1", "warning")]
+        assert mine[0].modify_index > 0
+        assert any(ch.check_id == "serfHealth" and not ch.service_id for ch in checks)
+    finally:
+        c.agent.service.deregister(f"{svc}-1")
+
+
+async def test_real_reads_pass_while_all_blocking_slots_are_held(
+    consul_agent: ConsulAgent,
+) -> None:
+    c = _client(consul_agent)
+    key = f"t/held/{uuid.uuid4().hex}"
+    c.kv.put(key, "v")
+    settings = ConsulSettings(address=consul_agent.http_addr, connection_budget=8)
+    async with ConsulAdapter(settings) as a:
+        index, _ = await a.kv_list("t/held/none/")
+        blocked = [
+            asyncio.create_task(a.kv_list(f"t/held/none/{i}/", index=index, wait=30.0))
+            for i in range(a.blocking_capacity + 5)
+        ]
+        try:
+            await _eventually(lambda: a.connections_open >= a.blocking_capacity)
+            async with asyncio.timeout(10):  # a hang guard, not a timing assertion
+                _, got = await a.kv_get(key)
+                _, listed = await a.kv_list(key)
+            assert got.value == b"v"
+            assert [e.key for e in listed] == [key]
+            assert a.connections_open <= a.connection_budget
+            assert a.reachable
+        finally:
+            for task in blocked:
+                task.cancel()
+            await asyncio.gather(*blocked, return_exceptions=True)

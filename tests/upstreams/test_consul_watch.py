@@ -11,6 +11,7 @@ from latchkey_server.errors import LatchkeyError, Unavailable
 from latchkey_server.upstreams.consul_watch import (
     Backoff,
     ConsulWatch,
+    Saturated,
     TokenBucket,
     WatchSettings,
     next_index,
@@ -176,3 +177,14 @@ async def test_watch_under_churn_is_rate_limited_by_its_bucket() -> None:
     await run_script([(1, "a"), (2, "b"), (3, "c"), (4, "d")], limiter=limiter)
     # Five requests (four answers and the parked one): two from the burst, three refills.
     assert clock.sleeps == [pytest.approx(15.0)] * 3
+
+
+async def test_saturation_is_retried_without_touching_reachability() -> None:
+    async def no_sleep(delay: float) -> None:
+        return None
+
+    busy = Saturated("the gateway's Consul connection budget is saturated", retry_after=1.0)
+    fetch, owner = await run_script([busy, busy, (3, "a")], sleep=no_sleep)
+    assert owner.reachability == [True]  # never reported down: Consul was not even asked
+    assert [c[0] for c in fetch.calls] == [None, None, None, 3]
+    assert owner.responses == [(3, "a", True, False)]

@@ -5,6 +5,11 @@ A watch stream starts with a `ConfigSnapshot` of every key under its prefix (or,
 `ConfigChange` per upstream change, interleaved with `Heartbeat`s. A subscriber too slow to keep
 up has its queued changes replaced by a fresh snapshot; nothing is lost silently.
 
+Watches beyond the adapter's blocking capacity are not queued for a blocking slot: they are
+"overflow" watches, all covered by one shared blocking query on their longest common prefix,
+and re-read (plain reads) only when that query shows their keys changed (brokers/_overflow.py).
+Which watches get their own query is first come, first served (`WatchSlots`).
+
 Unsubscribe by closing the stream: `async with contextlib.aclosing(hub.watch(p)) as events:`
 (cancelling the task that iterates it does the same).
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 import collections
 from collections.abc import AsyncGenerator
 
+from latchkey_server.brokers._overflow import KvShared, OverflowMember, kv_fingerprint
 from latchkey_server.brokers.fanout import (
     LastGood,
     Subscriber,
@@ -32,8 +38,8 @@ from latchkey_server.models import (
     KeyChange,
     utcnow,
 )
-from latchkey_server.upstreams.consul import ConsulUpstream
-from latchkey_server.upstreams.consul_watch import WatchSettings
+from latchkey_server.upstreams.consul import ConsulUpstream, SharedWatchUpstream
+from latchkey_server.upstreams.consul_watch import Fetch, WatchSettings
 
 __all__ = ["ConfigHub", "diff_entries"]
 
@@ -61,11 +67,12 @@ class _PrefixTopic(WatchedTopic[ConfigDelta, list[ConfigEntry]]):
     """One prefix: its entries, index and a bounded history of changes for resumption."""
 
     def __init__(
-        self, prefix: str, consul: ConsulUpstream, settings: WatchSettings, history: int
+        self,
+        prefix: str,
+        fetch: Fetch[list[ConfigEntry]],
+        settings: WatchSettings,
+        history: int,
     ) -> None:
-        async def fetch(index: int | None, wait: float | None) -> tuple[int, list[ConfigEntry]]:
-            return await consul.kv_list(prefix, index=index, wait=wait)
-
         super().__init__(f"kv:{prefix}", fetch, settings)
         self.prefix = prefix
         self.entries: dict[str, ConfigEntry] = {}
@@ -147,9 +154,31 @@ class ConfigHub:
         self._got: LastGood[str, ConfigEntry] = LastGood(read_cache_size)
         self._listed: LastGood[str, list[ConfigEntry]] = LastGood(read_cache_size)
         self._closed = False
+        self._shared = consul if isinstance(consul, SharedWatchUpstream) else None
+        self._group: KvShared | None = None
 
     def _new_topic(self, prefix: str) -> _PrefixTopic:
-        return _PrefixTopic(prefix, self._consul, self._settings, self.history)
+        consul, shared = self._consul, self._shared
+        if shared is None or shared.watch_slots.try_dedicated():
+
+            async def fetch(index: int | None, wait: float | None) -> tuple[int, list[ConfigEntry]]:
+                return await consul.kv_list(prefix, index=index, wait=wait)
+
+            topic = _PrefixTopic(prefix, fetch, self._settings, self.history)
+            if shared is not None:
+                topic.on_stop.append(shared.watch_slots.release_dedicated)
+            return topic
+        if self._group is None:
+            self._group = KvShared(shared, self._settings, shared.watch_slots)
+        group = self._group
+        member = OverflowMember(
+            group, prefix, lambda: consul.kv_list(prefix), own_fingerprint=kv_fingerprint
+        )
+        group.join(prefix)
+        topic = _PrefixTopic(prefix, member.fetch, self._settings, self.history)
+        topic.overflow = True
+        topic.on_stop.append(lambda: group.leave(prefix))
+        return topic
 
     async def start(self) -> None:
         """Nothing to warm up: watches start with their first subscriber."""
@@ -159,6 +188,8 @@ class ConfigHub:
         """Stop every upstream watch and end every stream with `Unavailable`."""
         self._closed = True
         await self._topics.close(Unavailable("the config hub is shutting down", retry_after=1.0))
+        if self._group is not None:
+            await self._group.close()
         await self._get_flight.cancel_all()
         await self._list_flight.cancel_all()
 
@@ -166,6 +197,11 @@ class ConfigHub:
     def active_watches(self) -> int:
         """Upstream watches currently running (including lingering ones)."""
         return len(self._topics)
+
+    @property
+    def overflow_watches(self) -> int:
+        """Watches covered by the shared query instead of a blocking query of their own."""
+        return sum(1 for topic in self._topics.topics() if topic.overflow)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -6,6 +6,10 @@ when its query has `include_warning`. Critical instances are never served. A str
 full `InstanceSet` whenever that subscriber's filtered set changes (and first thing), plus
 `Heartbeat`s.
 
+Watches beyond the adapter's blocking capacity are "overflow" watches: one shared blocking query
+on the datacenter's checks (`/v1/health/state/any`) covers all of them, and only services whose
+checks changed are re-read (brokers/_overflow.py). First come, first served (`WatchSlots`).
+
 Unsubscribe by closing the stream: `async with contextlib.aclosing(hub.watch(q)) as events:`
 (cancelling the task that iterates it does the same).
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 
+from latchkey_server.brokers._overflow import HealthShared, OverflowMember, ServiceKey
 from latchkey_server.brokers.fanout import (
     LastGood,
     Subscriber,
@@ -31,13 +36,10 @@ from latchkey_server.models import (
     ServiceQuery,
     utcnow,
 )
-from latchkey_server.upstreams.consul import ConsulUpstream
-from latchkey_server.upstreams.consul_watch import WatchSettings
+from latchkey_server.upstreams.consul import ConsulUpstream, SharedWatchUpstream
+from latchkey_server.upstreams.consul_watch import Fetch, WatchSettings
 
 __all__ = ["DiscoveryHub", "serveable"]
-
-ServiceKey = tuple[str, str, str]
-"""(service, tag, datacenter): what one upstream watch covers."""
 
 
 def serveable(instances: list[Instance], include_warning: bool) -> tuple[Instance, ...]:
@@ -68,14 +70,10 @@ class _ServiceSubscriber(Subscriber[InstanceSet]):
 
 
 class _ServiceTopic(WatchedTopic[InstanceSet, list[Instance]]):
-    def __init__(self, key: ServiceKey, consul: ConsulUpstream, settings: WatchSettings) -> None:
+    def __init__(
+        self, key: ServiceKey, fetch: Fetch[list[Instance]], settings: WatchSettings
+    ) -> None:
         service, tag, datacenter = key
-
-        async def fetch(index: int | None, wait: float | None) -> tuple[int, list[Instance]]:
-            return await consul.health_service(
-                service, tag=tag, datacenter=datacenter, index=index, wait=wait
-            )
-
         super().__init__(f"health:{service}|{tag}|{datacenter}", fetch, settings)
         self.instances: list[Instance] = []
 
@@ -116,9 +114,37 @@ class DiscoveryHub:
         self._flight: SingleFlight[ServiceKey, tuple[int, list[Instance]]] = SingleFlight()
         self._last: LastGood[ServiceKey, list[Instance]] = LastGood(read_cache_size)
         self._closed = False
+        self._shared = consul if isinstance(consul, SharedWatchUpstream) else None
+        self._groups: dict[str, HealthShared] = {}
 
     def _new_topic(self, key: ServiceKey) -> _ServiceTopic:
-        return _ServiceTopic(key, self._consul, self._settings)
+        consul, shared = self._consul, self._shared
+        service, tag, datacenter = key
+
+        async def read(
+            index: int | None = None, wait: float | None = None
+        ) -> tuple[int, list[Instance]]:
+            return await consul.health_service(
+                service, tag=tag, datacenter=datacenter, index=index, wait=wait
+            )
+
+        if shared is None or shared.watch_slots.try_dedicated():
+            topic = _ServiceTopic(key, read, self._settings)
+            if shared is not None:
+                topic.on_stop.append(shared.watch_slots.release_dedicated)
+            return topic
+        group = self._groups.get(datacenter)
+        if group is None:
+            group = HealthShared(shared, datacenter, self._settings, shared.watch_slots)
+            self._groups[datacenter] = group
+        # Checks cannot show every change (an instance without checks, a new address), so
+        # an overflow service is also re-read once per `wait`.
+        member = OverflowMember(group, key, read, poll_on_wait=True)
+        group.join(key)
+        topic = _ServiceTopic(key, member.fetch, self._settings)
+        topic.overflow = True
+        topic.on_stop.append(lambda: group.leave(key))
+        return topic
 
     async def start(self) -> None:
         """Nothing to warm up: watches start with their first subscriber."""
@@ -130,10 +156,17 @@ class DiscoveryHub:
         error = Unavailable("the discovery hub is shutting down", retry_after=1.0)
         await self._topics.close(error)
         await self._flight.cancel_all()
+        for group in self._groups.values():
+            await group.close()
 
     @property
     def active_watches(self) -> int:
         return len(self._topics)
+
+    @property
+    def overflow_watches(self) -> int:
+        """Watches covered by a shared query instead of a blocking query of their own."""
+        return sum(1 for topic in self._topics.topics() if topic.overflow)
 
     def _check(self, query: ServiceQuery) -> None:
         if self._closed:

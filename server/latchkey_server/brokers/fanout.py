@@ -229,6 +229,10 @@ class WatchedTopic(Topic[E], Generic[E, T]):
         self._closed_error: LatchkeyError | None = None
         self._ready = asyncio.Event()
         self.watch: ConsulWatch[T] = ConsulWatch(name, fetch, self, settings)
+        self.overflow = False
+        """Covered by a shared blocking query rather than one of its own (brokers/_overflow)."""
+        self.on_stop: list[Callable[[], None]] = []
+        """Run once when the watch stops (gives back its blocking slot or group membership)."""
 
     @abc.abstractmethod
     def apply(self, index: int, payload: T, changed: bool, reset: bool) -> None:
@@ -238,6 +242,9 @@ class WatchedTopic(Topic[E], Generic[E, T]):
         self.watch.start()
 
     def cancel(self) -> asyncio.Task[None] | None:
+        hooks, self.on_stop = self.on_stop, []
+        for hook in hooks:
+            hook()
         return self.watch.cancel()
 
     def freshness(self) -> Freshness:

@@ -101,9 +101,10 @@ class GatewayCollector(Collector):
             value=self._consul.connection_budget,
         )  # fmt: skip
         watches = GaugeMetricFamily(
-            "latchkey_upstream_watches", "Upstream blocking-query watches, by kind.",
+            "latchkey_upstream_watches",
+            "Upstream watches, by kind; *_overflow ones share one blocking query per kind.",
             labels=["kind"],
-        )  # fmt: skip
+        )
         for kind, value in self._watches().items():
             watches.add_metric([kind], value)
         yield watches

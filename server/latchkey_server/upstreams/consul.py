@@ -19,31 +19,49 @@ Consul 1.8.7 facts this module relies on (see shared/reference/consul-notes.md):
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
-import json
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol, runtime_checkable
 from urllib.parse import quote
 
 import aiohttp
 
-from latchkey_server.errors import InvalidArgument, NotFound, Unavailable
-from latchkey_server.models import ConfigEntry, HealthStatus, Instance, utcnow
+from latchkey_server.errors import InvalidArgument, NotFound
+from latchkey_server.models import ConfigEntry, Instance, utcnow
 from latchkey_server.observability.telemetry import Telemetry
+from latchkey_server.upstreams._consul_parse import (
+    CheckState,
+    ConsulSaturated,
+    ConsulUnavailable,
+    Reply,
+    check_key,
+    check_state,
+    classify_checks,
+    decode_json,
+    decode_list,
+    entry,
+    go_duration,
+    instance,
+    int_header,
+    key_version,
+    read_timeout_for,
+)
+from latchkey_server.upstreams.consul_watch import WatchSlots
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "CheckState",
     "ConsulAdapter",
+    "ConsulSaturated",
     "ConsulSettings",
     "ConsulUnavailable",
     "ConsulUpstream",
+    "SharedWatchUpstream",
     "classify_checks",
     "go_duration",
     "read_timeout_for",
@@ -51,19 +69,9 @@ __all__ = [
 
 OP_KV_GET = "kv_get"
 OP_KV_LIST = "kv_list"
+OP_KV_TREE = "kv_tree"
 OP_HEALTH = "health_service"
-
-_SEVERITY = {HealthStatus.PASSING: 0, HealthStatus.WARNING: 1, HealthStatus.CRITICAL: 2}
-
-
-class ConsulUnavailable(Unavailable):
-    """Consul could not be reached or refused to answer (transport error, 5xx, 401/403, 429)."""
-
-    def __init__(
-        self, message: str, *, retry_after: float | None = 1.0, http_status: int | None = None
-    ) -> None:
-        super().__init__(message, retry_after=retry_after)
-        self.http_status = http_status
+OP_HEALTH_STATE = "health_state"
 
 
 class ConsulUpstream(Protocol):
@@ -92,6 +100,31 @@ class ConsulUpstream(Protocol):
         ...
 
 
+@runtime_checkable
+class SharedWatchUpstream(ConsulUpstream, Protocol):
+    """An upstream with a finite blocking capacity, and the queries that let one blocking
+    query stand for many watches (consul-notes §4, "many-services trick")."""
+
+    @property
+    def watch_slots(self) -> WatchSlots:
+        """Who may hold a blocking query of their own (shared by all hubs on this upstream)."""
+        ...
+
+    async def kv_tree(
+        self, prefix: str, index: int | None = None, wait: float | None = None
+    ) -> tuple[int, list[tuple[str, int]]]:
+        """(key, ModifyIndex) of every key under `prefix`, sorted; blocks when `index` is
+        given. The index moves on any change under the prefix, deletes included."""
+        ...
+
+    async def health_state(
+        self, *, datacenter: str = "", index: int | None = None, wait: float | None = None
+    ) -> tuple[int, list[CheckState]]:
+        """Every health check in the datacenter, sorted; blocks when `index` is given. The
+        index moves on any check change in the datacenter."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class ConsulSettings:
     """How the adapter reaches Consul. Built by the caller; the environment is never read."""
@@ -103,13 +136,15 @@ class ConsulSettings:
     connection_budget: int = 64
     """Hard cap on simultaneous connections to the agent (1.8.7 drops the 201st per IP)."""
     blocking_reserve: int = 0
-    """Connections kept free of blocking queries for plain reads (0: budget // 8, at least 1)."""
+    """Connections kept for plain reads, never used by blocking queries (0: budget // 8, at
+    least 1). Blocking queries get the rest of the budget."""
     default_wait: float = 55.0
     """`wait` used when a blocking query gives an index without a wait."""
     connect_timeout: float = 5.0
     """Seconds to open a TCP connection."""
     pool_timeout: float = 10.0
-    """Seconds to wait for a free connection from the budget (includes connecting)."""
+    """Seconds a plain read waits for a free connection of the read reserve (then it fails
+    with `ConsulSaturated`, which says nothing about Consul's reachability)."""
     request_timeout: float = 10.0
     """Read timeout of non-blocking requests."""
     timeout_margin: float = 5.0
@@ -117,96 +152,19 @@ class ConsulSettings:
     max_stale: float = 10.0
     """Health reads use `?stale`; if the answering server lost the leader longer ago than
     this (X-Consul-LastContact) or knows no leader, the read is repeated in default mode."""
-
-
-def go_duration(seconds: float) -> str:
-    """A Go duration string for `wait` (milliseconds, at least 1 ms)."""
-    return f"{max(1, round(seconds * 1000))}ms"
-
-
-def read_timeout_for(wait: float, margin: float) -> float:
-    """Client read timeout of a blocking query: the server may add up to wait/16 of jitter."""
-    return wait + wait / 16 + margin
-
-
-def classify_checks(checks: list[Any]) -> HealthStatus:
-    """The worst status among an instance's checks (node checks included); unknown = critical."""
-    worst = HealthStatus.PASSING
-    for check in checks:
-        raw = check.get("Status") if isinstance(check, dict) else None
-        try:
-            status = HealthStatus(raw)
-        except ValueError:
-            status = HealthStatus.CRITICAL
-        if _SEVERITY[status] > _SEVERITY[worst]:
-            worst = status
-    return worst
-
-
-@dataclass(frozen=True, slots=True)
-class _Reply:
-    status: int
-    index: int
-    known_leader: bool
-    last_contact_ms: int
-    body: bytes
-
-
-def _int_header(headers: Mapping[str, str], name: str, default: int = 0) -> int:
-    raw = headers.get(name)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        return default
-
-
-def _check_key(what: str, key: str) -> None:
-    if key.startswith("/"):
-        raise InvalidArgument(f"Consul {what} must not start with '/'")
-
-
-def _decode_json(reply: _Reply) -> Any:
-    try:
-        return json.loads(reply.body)
-    except ValueError as exc:
-        raise ConsulUnavailable("Consul sent a response that is not JSON") from exc
-
-
-def _entry(raw: Any) -> ConfigEntry:
-    value_b64 = raw.get("Value")
-    try:
-        value = base64.b64decode(value_b64, validate=True) if value_b64 else b""
-    except (binascii.Error, TypeError) as exc:
-        raise ConsulUnavailable("Consul sent a KV value that is not base64") from exc
-    return ConfigEntry(
-        key=str(raw["Key"]),
-        value=value,
-        create_index=int(raw.get("CreateIndex") or 0),
-        modify_index=int(raw.get("ModifyIndex") or 0),
-        flags=int(raw.get("Flags") or 0),
-    )
-
-
-def _instance(raw: Any) -> Instance:
-    node = raw.get("Node") or {}
-    svc = raw.get("Service") or {}
-    meta = svc.get("Meta") or {}
-    return Instance(
-        id=str(svc.get("ID") or ""),
-        node=str(node.get("Node") or ""),
-        address=str(svc.get("Address") or node.get("Address") or ""),
-        port=int(svc.get("Port") or 0),
-        tags=tuple(str(t) for t in (svc.get("Tags") or ())),
-        meta={str(k): str(v) for k, v in meta.items()},
-        health=classify_checks(list(raw.get("Checks") or ())),
-        datacenter=str(node.get("Datacenter") or ""),
-    )
+    shared_reserve: int = 2
+    """Blocking slots kept for shared overflow queries (one KV, one health per datacenter)."""
 
 
 class ConsulAdapter:
     """`ConsulUpstream` over aiohttp: one session, a connection budget, counters.
+
+    The budget is split in two, so that a plain read never waits behind blocking queries:
+    blocking queries take at most `blocking_capacity` connections (they queue for a slot, with
+    no timeout, as they would anyway wait long for an answer), plain reads take the rest (the
+    read reserve; they give up after `pool_timeout` with `ConsulSaturated`). The two
+    semaphores sum to the connector's limit, so the connector itself never queues and its
+    connect timeout only ever measures a real TCP connect.
 
     Create it anywhere; the session is opened inside the running loop on first use. Close it
     with `close()` (or `async with`).
@@ -221,18 +179,26 @@ class ConsulAdapter:
         if "://" not in address:
             address = f"http://{address}"
         self._base = address
-        if self.settings.connection_budget < 2:
+        budget = self.settings.connection_budget
+        if budget < 2:
             raise ValueError("connection_budget must be at least 2")
-        reserve = self.settings.blocking_reserve or max(1, self.settings.connection_budget // 8)
-        self._blocking_capacity = max(1, self.settings.connection_budget - reserve)
+        reserve = self.settings.blocking_reserve or max(1, budget // 8)
+        reserve = min(max(1, reserve), budget - 1)
+        self._blocking_capacity = budget - reserve
+        self._read_reserve = reserve
         self._blocking_slots = asyncio.Semaphore(self._blocking_capacity)
+        self._read_slots = asyncio.Semaphore(reserve)
+        self._watch_slots = WatchSlots(self._blocking_capacity, self.settings.shared_reserve)
         self._headers: dict[str, str] = {"Accept": "application/json"}
         if self.settings.token:
             self._headers["X-Consul-Token"] = self.settings.token
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
         self.requests_started: Counter[str] = Counter()
-        """Upstream requests started, per operation (`kv_get`, `kv_list`, `health_service`)."""
+        """Upstream requests started, per operation (`kv_get`, `kv_list`, `kv_tree`,
+        `health_service`, `health_state`)."""
+        self.saturations = 0
+        """Plain reads that gave up waiting for a connection of the read reserve."""
         self._in_flight: Counter[str] = Counter()
         self._in_flight_by_target: Counter[tuple[str, str]] = Counter()
         self._reachable = True
@@ -246,7 +212,7 @@ class ConsulAdapter:
 
     @property
     def reachable(self) -> bool:
-        """Whether the most recent request got an answer from the agent."""
+        """Whether the most recent request that reached the network got an answer."""
         return self._reachable
 
     @property
@@ -274,6 +240,20 @@ class ConsulAdapter:
     def blocking_capacity(self) -> int:
         """How many blocking queries may run at once (the budget minus the read reserve)."""
         return self._blocking_capacity
+
+    @property
+    def read_reserve(self) -> int:
+        """Connections only plain reads use."""
+        return self._read_reserve
+
+    @property
+    def watch_slots(self) -> WatchSlots:
+        return self._watch_slots
+
+    @property
+    def overflow_watches(self) -> int:
+        """Watches covered by a shared blocking query instead of one of their own."""
+        return self._watch_slots.overflow
 
     @property
     def requests_in_flight(self) -> int:
@@ -320,28 +300,37 @@ class ConsulAdapter:
     async def kv_get(self, key: str) -> tuple[int, ConfigEntry]:
         if not key:
             raise InvalidArgument("a Consul key must not be empty")
-        _check_key("key", key)
+        check_key("key", key)
         reply = await self._get(OP_KV_GET, key, f"/v1/kv/{quote(key, safe='/')}", {}, None, None)
         if reply.status == 404:
             raise NotFound(f"config key {key!r} does not exist")
-        data = _decode_json(reply)
+        data = decode_json(reply)
         if not isinstance(data, list) or not data:
             raise NotFound(f"config key {key!r} does not exist")
-        return reply.index, _entry(data[0])
+        return reply.index, entry(data[0])
 
     async def kv_list(
         self, prefix: str, index: int | None = None, wait: float | None = None
     ) -> tuple[int, list[ConfigEntry]]:
-        _check_key("prefix", prefix)
+        check_key("prefix", prefix)
         path = f"/v1/kv/{quote(prefix, safe='/')}"
         reply = await self._get(OP_KV_LIST, prefix, path, {"recurse": ""}, index, wait)
         if reply.status == 404:
             return reply.index, []
-        data = _decode_json(reply)
-        if not isinstance(data, list):
-            raise ConsulUnavailable("Consul sent an unexpected KV list shape")
-        entries = sorted((_entry(item) for item in data), key=lambda e: e.key)
+        entries = sorted((entry(item) for item in decode_list(reply, "KV list")), key=_by_key)
         return reply.index, entries
+
+    async def kv_tree(
+        self, prefix: str, index: int | None = None, wait: float | None = None
+    ) -> tuple[int, list[tuple[str, int]]]:
+        # `?keys` would be lighter but cannot reveal a modified value; `recurse` carries each
+        # key's ModifyIndex. Values are parsed as JSON but never decoded nor kept.
+        check_key("prefix", prefix)
+        path = f"/v1/kv/{quote(prefix, safe='/')}"
+        reply = await self._get(OP_KV_TREE, prefix, path, {"recurse": ""}, index, wait)
+        if reply.status == 404:
+            return reply.index, []
+        return reply.index, sorted(key_version(item) for item in decode_list(reply, "KV list"))
 
     async def health_service(
         self,
@@ -361,20 +350,40 @@ class ConsulAdapter:
             params["tag"] = tag
         if datacenter:
             params["dc"] = datacenter
-        reply = await self._get(OP_HEALTH, target, path, {**params, "stale": ""}, index, wait)
+        reply = await self._stale_get(OP_HEALTH, target, path, params, index, wait)
+        if reply.status == 404:
+            return reply.index, []
+        data = decode_list(reply, "health")
+        instances = sorted((instance(item) for item in data), key=lambda i: (i.node, i.id))
+        return reply.index, instances
+
+    async def health_state(
+        self, *, datacenter: str = "", index: int | None = None, wait: float | None = None
+    ) -> tuple[int, list[CheckState]]:
+        params = {"dc": datacenter} if datacenter else {}
+        path = "/v1/health/state/any"
+        reply = await self._stale_get(OP_HEALTH_STATE, datacenter, path, params, index, wait)
+        if reply.status == 404:
+            return reply.index, []
+        return reply.index, sorted(check_state(item) for item in decode_list(reply, "health"))
+
+    # ------------------------------------------------------------------ HTTP
+
+    async def _stale_get(
+        self,
+        op: str,
+        target: str,
+        path: str,
+        params: dict[str, str],
+        index: int | None,
+        wait: float | None,
+    ) -> Reply:
+        reply = await self._get(op, target, path, {**params, "stale": ""}, index, wait)
         too_stale = reply.last_contact_ms > self.settings.max_stale * 1000
         if reply.status == 200 and (not reply.known_leader or too_stale):
             # A stale server may answer with old (even empty) data; confirm with the leader.
-            reply = await self._get(OP_HEALTH, target, path, params, None, None)
-        if reply.status == 404:
-            return reply.index, []
-        data = _decode_json(reply)
-        if not isinstance(data, list):
-            raise ConsulUnavailable("Consul sent an unexpected health shape")
-        instances = sorted((_instance(item) for item in data), key=lambda i: (i.node, i.id))
-        return reply.index, instances
-
-    # ------------------------------------------------------------------ HTTP
+            reply = await self._get(op, target, path, params, None, None)
+        return reply
 
     @contextlib.asynccontextmanager
     async def _tracked(self, op: str, target: str) -> AsyncIterator[None]:
@@ -389,6 +398,29 @@ class ConsulAdapter:
             if self._in_flight_by_target[(op, target)] <= 0:
                 del self._in_flight_by_target[(op, target)]
 
+    @contextlib.asynccontextmanager
+    async def _slot(self, op: str, blocking: bool) -> AsyncIterator[None]:
+        if blocking:
+            async with self._blocking_slots:
+                yield
+            return
+        try:
+            async with asyncio.timeout(self.settings.pool_timeout):
+                await self._read_slots.acquire()
+        except TimeoutError:
+            # Every reserve connection is busy with other plain reads: our congestion, not
+            # Consul's silence, so reachability stays as it is.
+            self.saturations += 1
+            self._requests.labels("consul", op, "error").inc()
+            log.warning("consul %s: the read reserve stayed busy; giving up", op)
+            raise ConsulSaturated(
+                "the gateway's Consul connection budget is saturated; retry", retry_after=1.0
+            ) from None
+        try:
+            yield
+        finally:
+            self._read_slots.release()
+
     async def _get(
         self,
         op: str,
@@ -397,7 +429,7 @@ class ConsulAdapter:
         params: dict[str, str],
         index: int | None,
         wait: float | None,
-    ) -> _Reply:
+    ) -> Reply:
         session = self._ensure_session()
         blocking = bool(index and index > 0)
         query = dict(params)
@@ -414,21 +446,17 @@ class ConsulAdapter:
             sock_connect=self.settings.connect_timeout,
             sock_read=read_timeout,
         )
-        slot = self._blocking_slots if blocking else contextlib.nullcontext()
-        async with self._tracked(op, target):
+        async with self._tracked(op, target), self._slot(op, blocking):
             try:
-                async with (
-                    slot,
-                    session.get(
-                        self._base + path, params=query, timeout=timeout, allow_redirects=False
-                    ) as resp,
-                ):
+                async with session.get(
+                    self._base + path, params=query, timeout=timeout, allow_redirects=False
+                ) as resp:
                     body = await resp.read()
-                    reply = _Reply(
+                    reply = Reply(
                         status=resp.status,
-                        index=_int_header(resp.headers, "X-Consul-Index"),
+                        index=int_header(resp.headers, "X-Consul-Index"),
                         known_leader=resp.headers.get("X-Consul-KnownLeader", "true") == "true",
-                        last_contact_ms=_int_header(resp.headers, "X-Consul-LastContact"),
+                        last_contact_ms=int_header(resp.headers, "X-Consul-LastContact"),
                         body=body,
                     )
             except TimeoutError as exc:
@@ -448,7 +476,7 @@ class ConsulAdapter:
         return self._check_status(op, reply)
 
     @staticmethod
-    def _check_status(op: str, reply: _Reply) -> _Reply:
+    def _check_status(op: str, reply: Reply) -> Reply:
         status = reply.status
         if status in (200, 404):
             return reply
@@ -464,3 +492,7 @@ class ConsulAdapter:
         raise ConsulUnavailable(
             f"Consul answered HTTP {status}", retry_after=1.0, http_status=status
         )
+
+
+def _by_key(item: ConfigEntry) -> str:
+    return item.key

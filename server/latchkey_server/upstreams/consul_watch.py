@@ -10,7 +10,13 @@
 - Each loop iteration takes a token from a per-watch token bucket (burst 2), so churn cannot
   turn the loop into a hot spin, while the happy path never sleeps.
 - Errors back off exponentially with full jitter; the owner keeps its last good value and is
-  told when reachability changes (up -> down, down -> up).
+  told when reachability changes (up -> down, down -> up). A `Saturated` error (our own
+  connection budget was busy, Consul was never asked) is retried the same way but says nothing
+  about Consul, so it does not change reachability.
+
+`WatchSlots` decides which watches get a blocking query of their own: the adapter's blocking
+capacity is finite, and the watches beyond it share one blocking query per group instead
+(brokers/_overflow.py).
 """
 
 from __future__ import annotations
@@ -30,9 +36,11 @@ log = logging.getLogger(__name__)
 __all__ = [
     "Backoff",
     "ConsulWatch",
+    "Saturated",
     "TokenBucket",
     "WatchOwner",
     "WatchSettings",
+    "WatchSlots",
     "next_index",
 ]
 
@@ -40,6 +48,48 @@ T = TypeVar("T")
 T_contra = TypeVar("T_contra", contravariant=True)
 
 Fetch = Callable[[int | None, float | None], Awaitable[tuple[int, T]]]
+
+
+class Saturated(Unavailable):
+    """The gateway's own connection budget had no free connection in time. Consul was not
+    asked, so this says nothing about its reachability; retry later."""
+
+
+class WatchSlots:
+    """Shares the adapter's blocking capacity between dedicated watches and shared queries.
+
+    First come, first served: a watch gets a blocking query of its own while one is free, else
+    it becomes an overflow watch covered by its group's shared query. `shared_reserve` slots are
+    kept for the shared queries (one for KV, one per datacenter for health) so that overflow
+    never waits for a slot. A dedicated watch keeps its slot until it stops; overflow watches
+    are not promoted when a slot frees up (they already see changes promptly).
+    """
+
+    def __init__(self, capacity: int, shared_reserve: int = 2) -> None:
+        self.capacity = capacity
+        self.shared_reserve = shared_reserve
+        self.dedicated = 0
+        """Watches holding a blocking query of their own."""
+        self.shared = 0
+        """Shared (overflow group) blocking queries."""
+        self.overflow = 0
+        """Watches covered by a shared query instead of their own."""
+
+    def try_dedicated(self) -> bool:
+        """Claim a dedicated slot if one is free (then `release_dedicated` when done)."""
+        if self.dedicated + max(self.shared, self.shared_reserve) >= self.capacity:
+            return False
+        self.dedicated += 1
+        return True
+
+    def release_dedicated(self) -> None:
+        self.dedicated = max(0, self.dedicated - 1)
+
+    def add_shared(self, delta: int) -> None:
+        self.shared = max(0, self.shared + delta)
+
+    def add_overflow(self, delta: int) -> None:
+        self.overflow = max(0, self.overflow + delta)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +284,13 @@ class ConsulWatch(Generic[T]):
                     returned, payload = await self._fetch(None, None)
             except asyncio.CancelledError:
                 raise
+            except Saturated:
+                # Our own pool was busy: retry with backoff, but Consul's reachability and the
+                # index are unknown rather than bad, so neither changes.
+                delay = self._backoff.next_delay()
+                self.retry_at = time.monotonic() + delay
+                await self._sleep(delay)
+                continue
             except LatchkeyError as exc:
                 await self._failed(exc)
                 continue
