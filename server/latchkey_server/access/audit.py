@@ -142,10 +142,22 @@ class AuditRecord:
             object.__setattr__(self, "detail", self.detail[: MAX_DETAIL - 3] + "...")
 
 
+_second_prefix: tuple[int, str] = (-1, "")
+
+
 def format_time(moment: datetime) -> str:
     """RFC 3339 in UTC with milliseconds and `Z`: `2025-01-02T03:04:05.678Z`."""
+    global _second_prefix
     utc = moment.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    second = int(utc.timestamp())
+    cached_second, prefix = _second_prefix
+    if cached_second != second:  # strftime once per second, not once per line
+        prefix = utc.strftime("%Y-%m-%dT%H:%M:%S.")
+        _second_prefix = (second, prefix)
+    return prefix + f"{utc.microsecond // 1000:03d}Z"
+
+
+_DIGEST_MEMO = 4096
 
 
 def hash_value(value: str, key: bytes) -> str:
@@ -191,6 +203,7 @@ class AuditLog:
         elif len(key) < MIN_KEY_BYTES:
             raise InvalidArgument(f"the audit HMAC key must be at least {MIN_KEY_BYTES} bytes")
         self._key = bytes(key)
+        self._digests: dict[str, str] = {}
         self.fail_closed = fail_closed
         self.failures = 0
         """Writes that failed since start (never reset)."""
@@ -219,8 +232,16 @@ class AuditLog:
         return self.fail_closed and rpc_returns_secret
 
     def hash_value(self, value: str) -> str:
-        """The `hmac-sha256:<hex>` this log writes for `value`."""
-        return hash_value(value, self._key)
+        """The `hmac-sha256:<hex>` this log writes for `value`.
+
+        Memoised: a cached credential or secret is handed out (and audited) many times.
+        """
+        digest = self._digests.get(value)
+        if digest is None:
+            if len(self._digests) >= _DIGEST_MEMO:
+                self._digests.clear()
+            digest = self._digests[value] = hash_value(value, self._key)
+        return digest
 
     def format_line(self, record: AuditRecord) -> str:
         """The JSON line written for `record`, newline included."""

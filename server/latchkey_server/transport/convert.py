@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
@@ -55,7 +56,12 @@ def kv_secret(secret: models.KvSecret) -> secrets_pb2.GetSecretResponse:
     )
 
 
+@functools.lru_cache(maxsize=1024)
 def credential(value: models.Credential) -> secrets_pb2.DatabaseCredential:
+    """Memoised (a Credential never changes; a shared lease is returned many times).
+
+    Callers copy the result into their reply and never mutate it.
+    """
     return secrets_pb2.DatabaseCredential(
         username=value.username,
         password=value.password,
