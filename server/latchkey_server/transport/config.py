@@ -79,9 +79,13 @@ class ConfigServicer(config_pb2_grpc.ConfigServicer):
         match event:
             case models.ConfigSnapshot():
                 entries = tuple(e for e in event.entries if self._readable(identity, e.key))
+                if len(entries) == len(event.entries):
+                    return event  # the shared object: its conversion is shared too
                 return dataclasses.replace(event, entries=entries)
             case models.ConfigChange():
                 changes = tuple(c for c in event.changes if self._readable(identity, c.key))
+                if len(changes) == len(event.changes):
+                    return event
                 return dataclasses.replace(event, changes=changes) if changes else None
             case _:
                 return event

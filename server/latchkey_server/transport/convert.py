@@ -123,6 +123,21 @@ def config_entry(value: models.ConfigEntry) -> config_pb2.ConfigEntry:
 
 
 def config_event(event: models.ConfigEvent) -> config_pb2.ConfigEvent:
+    if isinstance(event, models.ConfigChange):
+        return _config_change(event)
+    return _config_event(event)
+
+
+@functools.lru_cache(maxsize=64)
+def _config_change(event: models.ConfigChange) -> config_pb2.ConfigEvent:
+    """One conversion per change, however many subscribers receive it (fan-out hot path).
+
+    Heartbeats are never memoised: their age and send time must be current.
+    """
+    return _config_event(event)
+
+
+def _config_event(event: models.ConfigEvent) -> config_pb2.ConfigEvent:
     match event:
         case models.ConfigSnapshot():
             return config_pb2.ConfigEvent(
