@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         stack = Stack(Path(tmp), quick=args.quick)
         load: LoadGenerator | None = None
         try:
-            print("starting consul, postgres, vault-dev, the gateway and the floor ...", flush=True)
+            print("starting consul, postgres, OpenBao, the gateway and the floor ...", flush=True)
             stack.start()
             load = LoadGenerator(processes=2)
             ctx = Context(stack=stack, load=load, quick=args.quick)

@@ -1,4 +1,4 @@
-"""The real stack for a bench run: Consul agent, PostgreSQL, vault-dev, the gateway and the
+"""The real stack for a bench run: Consul agent, PostgreSQL, OpenBao, the gateway and the
 floor server, each its own process, all on loopback.
 
 The gateway runs as a subprocess (`latchkey-server serve --config ...`) so the load generator
@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bench import floor
 from latchkey_server.access.tokens import append_token, generate_token
 from latchkey_server.devstack.consul import ConsulAgent
+from latchkey_server.devstack.openbao import OpenBaoServer
 from latchkey_server.devstack.ports import free_ports
 from latchkey_server.devstack.postgres import PostgresCluster
 from latchkey_server.devstack.process import ManagedProcess
@@ -60,14 +61,6 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 (loopback URL we built)
-            return bool(resp.status == 200)
-    except OSError:
-        return False
-
-
 def _grpc_serving(addr: str) -> bool:
     try:
         with grpc.insecure_channel(addr) as channel:
@@ -87,7 +80,7 @@ class Stack:
     quick: bool
     consul: ConsulAgent | None = None
     postgres: PostgresCluster | None = None
-    vault: ManagedProcess | None = None
+    vault: OpenBaoServer | None = None
     gateway: ManagedProcess | None = None
     floor: ManagedProcess | None = None
     vault_addr: str = ""
@@ -108,16 +101,10 @@ class Stack:
         self.consul.start()
         self.postgres = PostgresCluster()
         self.postgres.start()
-        vault_port, gateway_port, metrics_port, floor_port = free_ports(4)
-        self.vault_addr = f"http://127.0.0.1:{vault_port}"
-        self.vault = ManagedProcess(
-            "vault-dev",
-            [sys.executable, "-m", "latchkey_server", "vault-dev",
-             "--listen", f"127.0.0.1:{vault_port}", "--root-token", self.root_token],
-            logs / "vault-dev.log",
-        )  # fmt: skip
+        gateway_port, metrics_port, floor_port = free_ports(3)
+        self.vault = OpenBaoServer(self.workdir / "openbao", root_token=self.root_token)
         self.vault.start()
-        self.vault.wait_ready(lambda: _http_ok(f"{self.vault_addr}/v1/sys/health"), 30)
+        self.vault_addr = self.vault.addr
         self.db = seed_postgres(self.postgres.dsn)
         approle = seed_vault(self.vault_addr, self.root_token, self.db)
         self._seed_rotating_role()
@@ -187,9 +174,11 @@ class Stack:
         return path
 
     def stop(self) -> None:
-        for component in (self.gateway, self.floor, self.vault):
+        for component in (self.gateway, self.floor):
             if component is not None:
                 component.stop(timeout=30)
+        if self.vault is not None:
+            self.vault.stop(timeout=30)
         if self.postgres is not None:
             self.postgres.stop()
         if self.consul is not None:

@@ -18,7 +18,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "hvac": ("upstreams/vault.py", "devstack/seed.py"),
     # Consul: python-consul2 only for seeding; the adapter speaks HTTP with aiohttp.
     "consul": ("devstack/seed.py",),
-    "aiohttp": ("upstreams/consul.py", "devvault/"),
+    "aiohttp": ("upstreams/consul.py",),
     # Brokers and access never see protobuf messages.
     "latchkey.v1": ("transport/",),
     "google.protobuf": ("transport/",),

@@ -2,7 +2,7 @@
 
 1. Cached GetSecret and GetDatabaseCredentials through the gateway versus the floor (a bare
    grpc.aio echo with the same request and response sizes), at concurrency 1, 16 and 64.
-2. The same reads done the way an app would without latchkey (hvac against vault-dev,
+2. The same reads done the way an app would without latchkey (hvac against OpenBao,
    python-consul2 against Consul).
 Every gateway measurement is followed at once by its peer's, from the same client processes.
 """

@@ -100,42 +100,6 @@ def dev(state_dir: Path) -> None:
     run_dev(state_dir.resolve())
 
 
-@main.command("vault-dev")
-@click.option(
-    "--listen",
-    default="127.0.0.1:8200",
-    show_default=True,
-    envvar="LATCHKEY_VAULT_DEV_LISTEN",
-    help="HOST:PORT to listen on; port 0 picks a free port (the real one is printed).",
-)
-@click.option(
-    "--root-token",
-    default="root",
-    show_default=True,
-    envvar="LATCHKEY_VAULT_DEV_ROOT_TOKEN",
-    help="Id of the fixed root token (policies [root], never expires).",
-)
-def vault_dev(listen: str, root_token: str) -> None:
-    """Run a Vault-HTTP-API-compatible DEVELOPMENT server (in-memory, unsealed).
-
-    For development and tests only, never production: all state lives in memory and is lost
-    on exit, there is no TLS, and the root token is fixed. hvac works against it unchanged;
-    its database engine creates real PostgreSQL roles, and every outstanding lease is revoked
-    (roles dropped) on SIGINT/SIGTERM.
-
-    Prints `export VAULT_ADDR=...` and `export VAULT_TOKEN=...` once it accepts requests;
-    logs one line per request to stderr.
-
-    Example: latchkey-server vault-dev --listen 127.0.0.1:0
-    """
-    from latchkey_server.devvault.server import VaultDevConfig, run
-
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise click.BadParameter("expected HOST:PORT", param_hint="--listen")
-    raise SystemExit(run(VaultDevConfig(host=host, port=int(port), root_token=root_token)))
-
-
 # --- certs: development CA and mTLS certificates (access/certs.py) ----------------------------
 
 _TLS_DIR_OPTION = click.option(

@@ -1,4 +1,4 @@
-"""LeaseBroker end to end: the real adapter, vault-dev's database engine, real PostgreSQL.
+"""LeaseBroker end to end: the real adapter, OpenBao's database engine, real PostgreSQL.
 
 Every credential check is a real PostgreSQL login with scram-sha-256 passwords.
 """

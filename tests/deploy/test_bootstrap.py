@@ -1,8 +1,8 @@
 """`latchkey-server bootstrap` (the compose stack's one-shot service) against real upstreams.
 
-A fresh vault-dev stands in for the compose stack's Vault; Consul and PostgreSQL are the real
-session fixtures. The config it writes must start a gateway that serves TLS, passes the shipped
-health probe and answers the dev token with the seeded secret.
+A fresh OpenBao dev server stands in for the compose stack's Vault; Consul and PostgreSQL are
+the real session fixtures. The config it writes must start a gateway that serves TLS, passes
+the shipped health probe and answers the dev token with the seeded secret.
 """
 
 from __future__ import annotations
@@ -10,11 +10,9 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import pytest
 
 from latchkey.v1 import secrets_pb2, secrets_pb2_grpc
 from latchkey_server.access.tokens import TokenStore
@@ -25,7 +23,7 @@ from latchkey_server.devstack.postgres import PostgresCluster
 from latchkey_server.devstack.process import ManagedProcess
 from latchkey_server.devstack.seed import DEMO_SECRET_PATH
 from latchkey_server.transport.probe import ProbeTLS, check_health
-from tests.fixtures.vault import VaultDevProcess
+from tests.fixtures.vault import VaultServer
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER = [sys.executable, "-m", "latchkey_server"]
@@ -37,22 +35,15 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture(scope="module")
-def fresh_vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaultDevProcess]:
-    vault = VaultDevProcess(tmp_path_factory.mktemp("bootstrap-vault") / "vault-dev.log")
-    vault.start()
-    yield vault
-    vault.stop()
-
-
 def test_bootstrap_seeds_and_writes_a_config_the_gateway_serves(
-    tmp_path: Path, fresh_vault: VaultDevProcess, consul_agent: ConsulAgent,
+    tmp_path: Path, openbao_process: VaultServer, consul_agent: ConsulAgent,
     postgres: PostgresCluster,
 ) -> None:  # fmt: skip
     port = free_ports(1)[0]
     state = tmp_path / "state"
     result = _run(
-        "bootstrap", "--vault-addr", fresh_vault.addr, "--vault-token", fresh_vault.root_token,
+        "bootstrap", "--vault-addr", openbao_process.addr,
+        "--vault-token", openbao_process.root_token,
         "--pg-dsn", postgres.dsn, "--consul-addr", consul_agent.http_addr,
         "--tokens-file", str(state / "tokens.yaml"), "--config-out", str(state / "gateway.yaml"),
         "--listen", f"127.0.0.1:{port}", "--policies-dir", str(ROOT / "policies"),

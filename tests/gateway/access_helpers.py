@@ -61,7 +61,7 @@ def write_policies(directory: Path, app: str = APP_POLICY) -> None:
 
 
 async def start_tls_gateway(
-    base: Path, demo_env: dict[str, Any], consul_agent: ConsulAgent, vault_dev: Any,
+    base: Path, demo_env: dict[str, Any], consul_agent: ConsulAgent, vault_server: Any,
     postgres: PostgresCluster, *, require_client_cert: bool = True, **overrides: Any,
 ) -> TlsGateway:  # fmt: skip
     tls_dir = base / "tls"
@@ -78,7 +78,7 @@ async def start_tls_gateway(
         tls["require_client_cert"] = False
     auth = {"policies_dir": str(policies), "reload_interval": 0.2, **overrides.pop("auth", {})}
     handle = await start_gateway(
-        demo_env, consul_agent, vault_dev, postgres, insecure=False, tls=tls, auth=auth,
+        demo_env, consul_agent, vault_server, postgres, insecure=False, tls=tls, auth=auth,
         audit={"sink": str(audit_file)}, **overrides,
     )  # fmt: skip
     return TlsGateway(handle, tls_dir, policies, audit_file, certs)

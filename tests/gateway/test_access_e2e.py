@@ -37,9 +37,9 @@ DENIED = grpc.StatusCode.PERMISSION_DENIED
 @pytest.fixture(scope="module")
 async def tls_gateway(
     tmp_path_factory: pytest.TempPathFactory, demo_env: dict[str, Any],
-    consul_agent: ConsulAgent, vault_dev: Any, postgres: PostgresCluster,
+    consul_agent: ConsulAgent, vault_server: Any, postgres: PostgresCluster,
 ) -> AsyncIterator[TlsGateway]:  # fmt: skip
-    vault = hvac.Client(url=vault_dev.addr, token=vault_dev.root_token)
+    vault = hvac.Client(url=vault_server.addr, token=vault_server.root_token)
     for path in ("billing/app", "billing/root", "other/app"):
         vault.secrets.kv.v2.create_or_update_secret(
             path=path, secret={"password": f"pw-{path}"}, mount_point="secret"
@@ -48,7 +48,7 @@ async def tls_gateway(
     for key in ("billing/a", "billing/private", "other/a"):
         kv.put(key, f"value-{key}")
     gw = await start_tls_gateway(
-        tmp_path_factory.mktemp("tlsgw"), demo_env, consul_agent, vault_dev, postgres
+        tmp_path_factory.mktemp("tlsgw"), demo_env, consul_agent, vault_server, postgres
     )
     yield gw
     await gw.handle.gateway.stop()
@@ -159,11 +159,11 @@ async def test_handshake_fails_without_a_good_certificate(
 
 
 async def test_tls_without_client_certs_needs_a_token(
-    tmp_path: Path, demo_env: dict[str, Any], consul_agent: ConsulAgent, vault_dev: Any,
+    tmp_path: Path, demo_env: dict[str, Any], consul_agent: ConsulAgent, vault_server: Any,
     postgres: PostgresCluster,
 ) -> None:  # fmt: skip
     gw = await start_tls_gateway(
-        tmp_path, demo_env, consul_agent, vault_dev, postgres, require_client_cert=False
+        tmp_path, demo_env, consul_agent, vault_server, postgres, require_client_cert=False
     )
     try:
         async with gw.channel(None) as channel:
@@ -204,10 +204,10 @@ async def test_audit_log_has_every_request_and_no_secret(tls_gateway: TlsGateway
 
 
 async def test_hot_reload_grants_narrows_and_keeps_old_on_invalid(
-    tmp_path: Path, demo_env: dict[str, Any], consul_agent: ConsulAgent, vault_dev: Any,
+    tmp_path: Path, demo_env: dict[str, Any], consul_agent: ConsulAgent, vault_server: Any,
     postgres: PostgresCluster,
 ) -> None:  # fmt: skip
-    gw = await start_tls_gateway(tmp_path, demo_env, consul_agent, vault_dev, postgres)
+    gw = await start_tls_gateway(tmp_path, demo_env, consul_agent, vault_server, postgres)
     app = gw.policies_dir / "app.hcl"
     try:
         async with gw.channel(BILLING) as channel:
@@ -249,11 +249,11 @@ async def test_hot_reload_grants_narrows_and_keeps_old_on_invalid(
 
 
 async def test_rate_and_stream_limits(
-    tmp_path: Path, demo_env: dict[str, Any], consul_agent: ConsulAgent, vault_dev: Any,
+    tmp_path: Path, demo_env: dict[str, Any], consul_agent: ConsulAgent, vault_server: Any,
     postgres: PostgresCluster,
 ) -> None:  # fmt: skip
     gw = await start_tls_gateway(
-        tmp_path, demo_env, consul_agent, vault_dev, postgres,
+        tmp_path, demo_env, consul_agent, vault_server, postgres,
         limits={"requests_per_second": 0.5, "burst": 3, "max_streams_per_identity": 1},
     )  # fmt: skip
     try:

@@ -1,4 +1,4 @@
-"""Brokered database credentials against vault-dev and a real password-auth PostgreSQL."""
+"""Brokered database credentials against OpenBao and a real password-auth PostgreSQL."""
 
 from __future__ import annotations
 

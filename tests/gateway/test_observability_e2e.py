@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from latchkey.v1 import config_pb2, config_pb2_grpc, secrets_pb2, secrets_pb2_grpc
 from latchkey_server.devstack.consul import ConsulAgent
-from latchkey_server.devstack.ports import free_ports
 from latchkey_server.devstack.postgres import PostgresCluster
-from latchkey_server.devstack.process import ManagedProcess
 from latchkey_server.devstack.seed import DEMO_ROLE, seed_vault
 from tests.fixtures.gateway import start_gateway, stubs_for
+from tests.fixtures.vault import VaultServer
 from tests.gateway.helpers import eventually
 
 
@@ -37,13 +35,16 @@ def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 async def test_metrics_after_a_scripted_sequence(
-    demo_env: dict[str, Any], consul_agent: ConsulAgent, vault_dev: Any, postgres: PostgresCluster
+    demo_env: dict[str, Any],
+    consul_agent: ConsulAgent,
+    vault_server: Any,
+    postgres: PostgresCluster,
 ) -> None:
-    vault = hvac.Client(url=vault_dev.addr, token=vault_dev.root_token)
+    vault = hvac.Client(url=vault_server.addr, token=vault_server.root_token)
     vault.secrets.kv.v2.create_or_update_secret(
         path="metrics/app", secret={"k": "v"}, mount_point="secret"
     )
-    handle = await start_gateway(demo_env, consul_agent, vault_dev, postgres)
+    handle = await start_gateway(demo_env, consul_agent, vault_server, postgres)
     try:
         async with handle.channel() as channel:
             stubs, md = stubs_for(channel), handle.metadata()
@@ -103,29 +104,19 @@ async def _serving(addr: str, service: str) -> bool:
 
 
 async def test_health_flips_when_upstreams_go_away_and_back(
-    demo_env: dict[str, Any], vault_dev: Any, postgres: PostgresCluster, tmp_path: Path
-) -> None:
+    demo_env: dict[str, Any], openbao_process: VaultServer, postgres: PostgresCluster,
+    tmp_path: Path,
+) -> None:  # fmt: skip
     agent = ConsulAgent(tmp_path / "consul")
     await asyncio.to_thread(agent.start)
-    port = free_ports(1)[0]
-    vault = ManagedProcess(
-        "vault-dev (health test)",
-        [sys.executable, "-m", "latchkey_server", "vault-dev", "--listen", f"127.0.0.1:{port}"],
-        tmp_path / "vault.log",
-    )
-
-    def start_vault() -> None:
-        vault.start()
-        vault.wait_ready(lambda: _http_ok(f"http://127.0.0.1:{port}/v1/sys/health"), 30)
-
-    await asyncio.to_thread(start_vault)
+    vault = openbao_process.process
+    assert vault is not None
     approle = await asyncio.to_thread(
-        seed_vault, f"http://127.0.0.1:{port}", "root", demo_env["db"]
+        seed_vault, openbao_process.addr, openbao_process.root_token, demo_env["db"]
     )
     env = {**demo_env, "approle": approle}
-    local_vault = type("V", (), {"addr": f"http://127.0.0.1:{port}", "root_token": "root"})()
     handle = await start_gateway(
-        env, agent, local_vault, postgres,
+        env, agent, openbao_process, postgres,
         cache={"stale_limit": 0.5}, health={"probe_interval": 0.1},
     )  # fmt: skip
     secrets_svc, config_svc = "latchkey.v1.Secrets", "latchkey.v1.Config"
@@ -143,39 +134,34 @@ async def test_health_flips_when_upstreams_go_away_and_back(
         await asyncio.to_thread(agent.start)
         await eventually(lambda: _serving(handle.addr, config_svc), what="Config SERVING again")
 
-        await asyncio.to_thread(vault.kill)
+        await asyncio.to_thread(vault.seal)
 
         async def secrets_down() -> bool:
             return not await _serving(handle.addr, secrets_svc)
 
-        await eventually(secrets_down, what="Secrets to become NOT_SERVING")
-        await asyncio.to_thread(start_vault)
+        await eventually(secrets_down, what="Secrets to become NOT_SERVING (Vault sealed)")
+        await asyncio.to_thread(vault.unseal)
+        await eventually(lambda: _serving(handle.addr, secrets_svc), what="Secrets SERVING again")
+        await asyncio.to_thread(vault.pause)
+        await eventually(secrets_down, what="Secrets to become NOT_SERVING (Vault paused)")
+        await asyncio.to_thread(vault.resume)
         await eventually(lambda: _serving(handle.addr, secrets_svc), what="Secrets SERVING again")
     finally:
         await handle.gateway.stop()
-        await asyncio.to_thread(vault.stop)
         await asyncio.to_thread(agent.stop)
 
 
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
-
-
 async def test_logs_of_a_full_scenario_hold_no_secret(
-    demo_env: dict[str, Any], consul_agent: ConsulAgent, vault_dev: Any, postgres: PostgresCluster,
-    caplog: pytest.LogCaptureFixture,
+    demo_env: dict[str, Any], consul_agent: ConsulAgent, vault_server: Any,
+    postgres: PostgresCluster, caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
     caplog.set_level(logging.DEBUG)
-    vault = hvac.Client(url=vault_dev.addr, token=vault_dev.root_token)
+    vault = hvac.Client(url=vault_server.addr, token=vault_server.root_token)
     vault.secrets.kv.v2.create_or_update_secret(
         path="logs/app", secret={"api_key": "sk-logcheck-7f3a9"}, mount_point="secret"
     )
     consul.Consul(host="127.0.0.1", port=consul_agent.http_port).kv.put("logs/flag", "on")
-    handle = await start_gateway(demo_env, consul_agent, vault_dev, postgres)
+    handle = await start_gateway(demo_env, consul_agent, vault_server, postgres)
     seen: list[str] = ["sk-logcheck-7f3a9", demo_env["tokens"]["app"]]
     try:
         async with handle.channel() as channel:

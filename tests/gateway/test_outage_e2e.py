@@ -15,14 +15,14 @@ from tests.fixtures.gateway import start_gateway, stubs_for
 
 
 async def test_consul_restart_during_watch(
-    demo_env: dict[str, Any], vault_dev: Any, postgres: PostgresCluster, tmp_path: Path
+    demo_env: dict[str, Any], vault_server: Any, postgres: PostgresCluster, tmp_path: Path
 ) -> None:
     agent = ConsulAgent(tmp_path / "consul")
     await asyncio.to_thread(agent.start)
     handle = None
     try:
         handle = await start_gateway(
-            demo_env, agent, vault_dev, postgres, consul={"addr": agent.http_addr, "wait": 5}
+            demo_env, agent, vault_server, postgres, consul={"addr": agent.http_addr, "wait": 5}
         )
         kv = consul.Consul(host="127.0.0.1", port=agent.http_port).kv
         kv.put("outage/a", "before")

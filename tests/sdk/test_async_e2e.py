@@ -1,4 +1,4 @@
-"""Every AsyncClient call against the real stack (gateway, Consul, vault-dev, PostgreSQL)."""
+"""Every AsyncClient call against the real stack (gateway, Consul, OpenBao, PostgreSQL)."""
 
 from __future__ import annotations
 

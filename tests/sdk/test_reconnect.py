@@ -25,10 +25,10 @@ async def next_matching(events: asyncio.Queue[Any], predicate: Any, within: floa
 
 
 async def test_streams_resume_across_a_gateway_restart(
-    demo_env: dict[str, Any], consul_agent: Any, vault_dev: Any, postgres: Any,
+    demo_env: dict[str, Any], consul_agent: Any, vault_server: Any, postgres: Any,
     upstreams: Upstreams, unique: str,
 ) -> None:  # fmt: skip
-    first = await start_gateway(demo_env, consul_agent, vault_dev, postgres)
+    first = await start_gateway(demo_env, consul_agent, vault_server, postgres)
     port = first.addr.rsplit(":", 1)[1]
     prefix = f"restart/{unique}/"
     upstreams.put(prefix + "k", "1")
@@ -43,7 +43,7 @@ async def test_streams_resume_across_a_gateway_restart(
         await next_matching(events, lambda e: getattr(e, "kind", "") == "unreachable")
         upstreams.put(prefix + "k", "2")  # changed while the gateway is down
         second = await start_gateway(
-            demo_env, consul_agent, vault_dev, postgres, listen=f"127.0.0.1:{port}"
+            demo_env, consul_agent, vault_server, postgres, listen=f"127.0.0.1:{port}"
         )
         try:
             await next_matching(events, lambda e: getattr(e, "kind", "") == "reconnected")
@@ -67,11 +67,11 @@ async def test_streams_resume_across_a_gateway_restart(
 
 
 async def test_failover_between_two_gateways(
-    demo_env: dict[str, Any], consul_agent: Any, vault_dev: Any, postgres: Any,
+    demo_env: dict[str, Any], consul_agent: Any, vault_server: Any, postgres: Any,
     upstreams: Upstreams, unique: str,
 ) -> None:  # fmt: skip
-    one = await start_gateway(demo_env, consul_agent, vault_dev, postgres)
-    two = await start_gateway(demo_env, consul_agent, vault_dev, postgres)
+    one = await start_gateway(demo_env, consul_agent, vault_server, postgres)
+    two = await start_gateway(demo_env, consul_agent, vault_server, postgres)
     prefix = f"failover/{unique}/"
     upstreams.put(prefix + "k", "a")
     events: asyncio.Queue[Event] = asyncio.Queue()

@@ -1,4 +1,4 @@
-"""VaultAdapter against vault-dev (or a real Vault): KV reads, the lease calls, error mapping."""
+"""VaultAdapter against OpenBao (or another real Vault): KV reads, the lease calls, error mapping."""
 
 from __future__ import annotations
 
@@ -17,16 +17,18 @@ CREATE = [
 
 
 @pytest.fixture
-async def adapter(vault_dev: VaultServer) -> AsyncGenerator[VaultAdapter, None]:
+async def adapter(vault_server: VaultServer) -> AsyncGenerator[VaultAdapter, None]:
     adapter = VaultAdapter(
-        VaultAdapterConfig(addr=vault_dev.addr, auth=TokenAuth(vault_dev.root_token))
+        VaultAdapterConfig(addr=vault_server.addr, auth=TokenAuth(vault_server.root_token))
     )
     yield adapter
     await adapter.close()
 
 
-async def test_read_kv_versions_and_deleted(vault_dev: VaultServer, adapter: VaultAdapter) -> None:
-    client = vault_dev.client()
+async def test_read_kv_versions_and_deleted(
+    vault_server: VaultServer, adapter: VaultAdapter
+) -> None:
+    client = vault_server.client()
     path = f"e2e/{secrets.token_hex(4)}"
     client.secrets.kv.v2.create_or_update_secret(path=path, secret={"a": 1}, mount_point="secret")
     client.secrets.kv.v2.create_or_update_secret(path=path, secret={"a": 2}, mount_point="secret")
@@ -75,10 +77,10 @@ async def test_lease_calls(vault_database: VaultDatabase) -> None:
         await adapter.close()
 
 
-async def test_permission_denied_is_safe(vault_dev: VaultServer) -> None:
-    client = vault_dev.client()
+async def test_permission_denied_is_safe(vault_server: VaultServer) -> None:
+    client = vault_server.client()
     token = client.auth.token.create(policies=["default"], ttl="1h")["auth"]["client_token"]
-    adapter = VaultAdapter(VaultAdapterConfig(addr=vault_dev.addr, auth=TokenAuth(token)))
+    adapter = VaultAdapter(VaultAdapterConfig(addr=vault_server.addr, auth=TokenAuth(token)))
     try:
         with pytest.raises(PermissionDenied) as info:
             await adapter.read_kv("secret", "anything")

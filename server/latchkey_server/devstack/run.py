@@ -1,7 +1,8 @@
 """`latchkey-server dev`: the whole local stack in the foreground, torn down on Ctrl-C.
 
 Starts a real Consul agent, PostgreSQL (LATCHKEY_DEMO_PG_DSN, else a throwaway cluster), the
-vault-dev Vault stand-in and the gateway; seeds the demo; writes `.latchkey/dev.env`.
+real OpenBao server (`bao server -dev`) and the gateway; seeds the demo; writes
+`.latchkey/dev.env`.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ import secrets
 import signal
 import sys
 import threading
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,11 +29,13 @@ from latchkey_server.devstack.gateway_config import (
     write_audit_key,
     write_gateway_config,
 )
-from latchkey_server.devstack.ports import preferred_port
+from latchkey_server.devstack.openbao import OpenBaoServer
+from latchkey_server.devstack.ports import preferred_port, preferred_port_pair
 from latchkey_server.devstack.postgres import PostgresCluster
 from latchkey_server.devstack.process import ManagedProcess
 from latchkey_server.devstack.seed import (
     DEMO_CONFIG_PREFIX,
+    DEMO_DATABASE,
     DEMO_ROLE,
     DEMO_SECRET_PATH,
     seed_consul,
@@ -48,12 +49,14 @@ def _server_cmd() -> list[str]:
     return [sys.executable, "-m", "latchkey_server"]
 
 
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 (loopback URL we built)
-            return bool(resp.status == 200)
-    except (OSError, urllib.error.URLError):
-        return False
+def _dev_path(bao: str, consul: str) -> list[Path]:
+    """Folders `dev.env` puts first on PATH: the venv (latchkey, bao), then bao and consul."""
+    venv_bin = Path(sys.executable).parent
+    folders = [venv_bin]
+    if not (venv_bin / "bao").exists():
+        folders.append(Path(bao).parent)
+    folders.append(Path(consul).parent)
+    return folders
 
 
 @dataclass(frozen=True)
@@ -89,14 +92,11 @@ def run_dev(state_dir: Path) -> None:
     consul = ConsulAgent(state_dir / "consul", http_port=preferred_port(8500))
     external_pg = os.environ.get("LATCHKEY_DEMO_PG_DSN")
     postgres = None if external_pg else PostgresCluster()
-    vault_port = preferred_port(8200)
-    root_token = "dev-root-" + secrets.token_hex(8)
-    vault = ManagedProcess(
-        "vault-dev",
-        [*_server_cmd(), "vault-dev", "--listen", f"127.0.0.1:{vault_port}",
-         "--root-token", root_token],
-        logs / "vault-dev.log",
-    )  # fmt: skip
+    vault = OpenBaoServer(
+        state_dir / "openbao",
+        port=preferred_port_pair(8200),
+        root_token="dev-root-" + secrets.token_hex(8),
+    )
     gateway_port = preferred_port(7400)
     metrics_port = preferred_port(9464)
     gateway_cfg = state_dir / "gateway.yaml"
@@ -111,10 +111,9 @@ def run_dev(state_dir: Path) -> None:
             click.echo("starting PostgreSQL (password auth) ...", err=True)
             postgres.start()
         admin_dsn = external_pg or (postgres.dsn if postgres else "")
-        click.echo("starting vault-dev ...", err=True)
+        click.echo(f"starting OpenBao ({vault.binary} server -dev) ...", err=True)
         vault.start()
-        vault_addr = f"http://127.0.0.1:{vault_port}"
-        vault.wait_ready(lambda: _http_ok(f"{vault_addr}/v1/sys/health"), 30)
+        vault_addr, root_token = vault.addr, vault.root_token
         click.echo("seeding the demo ...", err=True)
         db = seed_postgres(admin_dsn)
         approle = seed_vault(vault_addr, root_token, db)
@@ -152,14 +151,22 @@ def run_dev(state_dir: Path) -> None:
                 "LATCHKEY_CLIENT_KEY": str(tls.client.key),
                 "VAULT_ADDR": vault_addr,
                 "VAULT_TOKEN": root_token,
+                "BAO_ADDR": vault_addr,
+                "BAO_TOKEN": root_token,
                 "CONSUL_HTTP_ADDR": consul.http_addr,
+                "PGHOST": db.host,
+                "PGPORT": str(db.port),
+                "PGDATABASE": DEMO_DATABASE,
+                "PGUSER": db.admin_user,
+                "PGPASSWORD": db.admin_password,
                 "LATCHKEY_DEMO_DB_ROLE": DEMO_ROLE,
                 "LATCHKEY_DEMO_PG_DSN": db.admin_dsn,
             },
+            path_prepend=_dev_path(vault.binary, consul.binary),
         )
         click.echo(
             f"ready: latchkey gateway on {gateway_addr} (Vault {vault_addr}, Consul {consul.url})\n"
-            f"  1. source {env_path}   # LATCHKEY_*, VAULT_*, CONSUL_HTTP_ADDR\n"
+            f"  1. source {env_path}   # LATCHKEY_*, VAULT_*/BAO_*, CONSUL_HTTP_ADDR, PG*, PATH\n"
             f"  2. latchkey status; latchkey db creds {DEMO_ROLE} --format json\n"
             f"  3. latchkey secrets get {DEMO_SECRET_PATH}; latchkey config watch "
             f"{DEMO_CONFIG_PREFIX}; latchkey services watch web\n"

@@ -6,7 +6,7 @@ import hvac
 import hvac.exceptions
 import pytest
 
-from tests.devvault.conftest import Raw, unique
+from tests.upstreams.vault.conftest import Raw, unique
 
 
 def test_versions_and_read(root: hvac.Client) -> None:

@@ -53,13 +53,13 @@ class Raw:
 
 
 @pytest.fixture
-def raw(vault_dev: VaultServer) -> Raw:
-    return Raw(vault_dev)
+def raw(vault_server: VaultServer) -> Raw:
+    return Raw(vault_server)
 
 
 @pytest.fixture
-def root(vault_dev: VaultServer) -> hvac.Client:
-    return vault_dev.client()
+def root(vault_server: VaultServer) -> hvac.Client:
+    return vault_server.client()
 
 
 def valid_until(db: VaultDatabase, username: str) -> datetime | None:

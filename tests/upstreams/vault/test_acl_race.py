@@ -21,9 +21,9 @@ GRANTING_ROLE = [
 
 
 def test_concurrent_creds_and_revokes_all_succeed(
-    vault_database: Any, vault_dev: Any, postgres: PostgresCluster
+    vault_database: Any, vault_server: Any, postgres: PostgresCluster
 ) -> None:
-    client = hvac.Client(url=vault_dev.addr, token=vault_dev.root_token)
+    client = hvac.Client(url=vault_server.addr, token=vault_server.root_token)
     mount, db_name = vault_database.mount_point, vault_database.db_name
     client.secrets.database.create_role(
         name="racy", db_name=db_name, creation_statements=GRANTING_ROLE,

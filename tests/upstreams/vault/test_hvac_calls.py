@@ -9,8 +9,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.devvault.conftest import CREATE_SQL, role_exists, unique
 from tests.fixtures.vault import VaultDatabase, VaultServer
+from tests.upstreams.vault.conftest import CREATE_SQL, role_exists, unique
 
 
 def test_generic_read_list_write(root: hvac.Client) -> None:
@@ -35,7 +35,7 @@ def test_revoke_force(vault_database: VaultDatabase, root: hvac.Client) -> None:
 
 
 def test_rotate_root_credentials(
-    vault_database: VaultDatabase, vault_dev: VaultServer, root: hvac.Client
+    vault_database: VaultDatabase, vault_server: VaultServer, root: hvac.Client
 ) -> None:
     db = vault_database
     admin, admin_pw = unique("vault_admin"), secrets.token_urlsafe(12)

@@ -8,8 +8,15 @@ import hvac
 import hvac.exceptions
 import pytest
 
-from tests.devvault.conftest import Raw, make_db_role, role_exists, unique, valid_until, wait_until
 from tests.fixtures.vault import VaultDatabase, VaultServer
+from tests.upstreams.vault.conftest import (
+    Raw,
+    make_db_role,
+    role_exists,
+    unique,
+    valid_until,
+    wait_until,
+)
 
 
 def creds(client: hvac.Client, db: VaultDatabase, role: str) -> dict[str, object]:
@@ -63,7 +70,7 @@ def test_lease_expiry_drops_the_user(vault_database: VaultDatabase, root: hvac.C
 
 
 def test_revoking_the_creating_token_revokes_its_leases(
-    vault_database: VaultDatabase, vault_dev: VaultServer, root: hvac.Client
+    vault_database: VaultDatabase, vault_server: VaultServer, root: hvac.Client
 ) -> None:
     db = vault_database
     role = make_db_role(db, root)
@@ -72,7 +79,7 @@ def test_revoking_the_creating_token_revokes_its_leases(
         policy, f'path "{db.mount_point}/creds/*" {{ capabilities = ["read"] }}'
     )
     tok = root.auth.token.create(policies=[policy], ttl="10m")["auth"]["client_token"]
-    app = vault_dev.client(tok)
+    app = vault_server.client(tok)
     data = creds(app, db, role)["data"]
     assert isinstance(data, dict)
     assert db.postgres.can_login(data["username"], data["password"])
@@ -81,7 +88,7 @@ def test_revoking_the_creating_token_revokes_its_leases(
 
 
 def test_token_expiry_revokes_its_leases(
-    vault_database: VaultDatabase, vault_dev: VaultServer, root: hvac.Client
+    vault_database: VaultDatabase, vault_server: VaultServer, root: hvac.Client
 ) -> None:
     db = vault_database
     role = make_db_role(db, root)
@@ -90,7 +97,7 @@ def test_token_expiry_revokes_its_leases(
         policy, f'path "{db.mount_point}/creds/*" {{ capabilities = ["read"] }}'
     )
     tok = root.auth.token.create(policies=[policy], ttl="2s")["auth"]["client_token"]
-    issued = creds(vault_dev.client(tok), db, role)
+    issued = creds(vault_server.client(tok), db, role)
     data = issued["data"]
     assert isinstance(data, dict)
     assert issued["lease_duration"] == 3600
@@ -221,7 +228,7 @@ def test_lease_errors(root: hvac.Client, raw: Raw) -> None:
 
 
 def test_renewal_needs_no_extra_policy_but_revoke_does(
-    vault_database: VaultDatabase, vault_dev: VaultServer, root: hvac.Client
+    vault_database: VaultDatabase, vault_server: VaultServer, root: hvac.Client
 ) -> None:
     db = vault_database
     role = make_db_role(db, root)
@@ -230,7 +237,7 @@ def test_renewal_needs_no_extra_policy_but_revoke_does(
         policy, f'path "{db.mount_point}/creds/*" {{ capabilities = ["read"] }}'
     )
     tok = root.auth.token.create(policies=[policy], ttl="10m")["auth"]["client_token"]
-    app = vault_dev.client(tok)
+    app = vault_server.client(tok)
     issued = creds(app, db, role)
     assert app.sys.renew_lease(issued["lease_id"])["lease_duration"] == 3600
     assert app.sys.read_lease(issued["lease_id"])["data"]["id"] == issued["lease_id"]
@@ -240,9 +247,9 @@ def test_renewal_needs_no_extra_policy_but_revoke_does(
 
 
 def test_log_never_contains_passwords_or_tokens(
-    vault_database: VaultDatabase, vault_dev: VaultServer, root: hvac.Client
+    vault_database: VaultDatabase, vault_server: VaultServer, root: hvac.Client
 ) -> None:
-    if vault_dev.log_path is None:
+    if vault_server.log_path is None:
         pytest.skip("only vault-dev's log is ours to inspect")
     db = vault_database
     role = make_db_role(db, root)
@@ -251,9 +258,9 @@ def test_log_never_contains_passwords_or_tokens(
     assert isinstance(data, dict)
     child = root.auth.token.create(policies=["default"], ttl="1m")["auth"]["client_token"]
     root.auth.token.lookup(child)
-    vault_dev.client(child).auth.token.lookup_self()
+    vault_server.client(child).auth.token.lookup_self()
     root.sys.revoke_lease(issued["lease_id"])
-    text = vault_dev.log_path.read_text()
+    text = vault_server.log_path.read_text()
     assert "GET /v1/" in text
     for secret in (db.postgres.password, data["password"], child):
         assert secret not in text

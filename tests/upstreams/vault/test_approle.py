@@ -6,19 +6,21 @@ import hvac
 import hvac.exceptions
 import pytest
 
-from tests.devvault.conftest import Raw, unique
 from tests.fixtures.vault import VaultServer
+from tests.upstreams.vault.conftest import Raw, unique
 
 
 @pytest.fixture(scope="module")
-def approle_mount(vault_dev: VaultServer) -> str:
-    client = vault_dev.client()
+def approle_mount(vault_server: VaultServer) -> str:
+    client = vault_server.client()
     mount = unique("approle")
     client.sys.enable_auth_method("approle", path=mount)
     return mount
 
 
-def test_role_crud_and_login(vault_dev: VaultServer, root: hvac.Client, approle_mount: str) -> None:
+def test_role_crud_and_login(
+    vault_server: VaultServer, root: hvac.Client, approle_mount: str
+) -> None:
     role = unique("app")
     ar = root.auth.approle
     ar.create_or_update_approle(
@@ -34,7 +36,7 @@ def test_role_crud_and_login(vault_dev: VaultServer, root: hvac.Client, approle_
     secret = ar.generate_secret_id(role, metadata={"host": "web-1"}, mount_point=approle_mount)
     secret_id = secret["data"]["secret_id"]
     assert secret["data"]["secret_id_accessor"]
-    client = vault_dev.client("hvs.stale-token-is-ignored")
+    client = vault_server.client("hvs.stale-token-is-ignored")
     login = client.auth.approle.login(role_id, secret_id, mount_point=approle_mount)
     auth = login["auth"]
     assert login["data"] is None
@@ -54,7 +56,7 @@ def test_role_crud_and_login(vault_dev: VaultServer, root: hvac.Client, approle_
 
 
 def test_login_errors(
-    vault_dev: VaultServer, root: hvac.Client, raw: Raw, approle_mount: str
+    vault_server: VaultServer, root: hvac.Client, raw: Raw, approle_mount: str
 ) -> None:
     role = unique("app")
     ar = root.auth.approle
@@ -73,7 +75,7 @@ def test_login_errors(
     assert r.json() == {"errors": ["invalid role or secret ID"]}
     r = raw("POST", f"auth/{approle_mount}/login", token=None, body={"secret_id": secret_id})
     assert r.json() == {"errors": ["missing role_id"]}
-    fresh = vault_dev.client(token="")
+    fresh = vault_server.client(token="")
     fresh.auth.approle.login(role_id, secret_id, mount_point=approle_mount)
     with pytest.raises(hvac.exceptions.InvalidRequest, match="invalid role or secret ID"):
         fresh.auth.approle.login(role_id, secret_id, mount_point=approle_mount)
@@ -82,7 +84,7 @@ def test_login_errors(
 
 
 def test_approle_token_expires_and_renews(
-    vault_dev: VaultServer, root: hvac.Client, approle_mount: str
+    vault_server: VaultServer, root: hvac.Client, approle_mount: str
 ) -> None:
     role = unique("app")
     ar = root.auth.approle
@@ -91,7 +93,7 @@ def test_approle_token_expires_and_renews(
     )
     role_id = ar.read_role_id(role, mount_point=approle_mount)["data"]["role_id"]
     secret_id = ar.generate_secret_id(role, mount_point=approle_mount)["data"]["secret_id"]
-    client = vault_dev.client(token="")
+    client = vault_server.client(token="")
     client.auth.approle.login(role_id, secret_id, mount_point=approle_mount)
     renewed = client.auth.token.renew_self(increment=3600)
     assert renewed["auth"]["lease_duration"] <= 40
