@@ -18,9 +18,24 @@ from latchkey_server.devstack.postgres import PostgresCluster
 
 REQUIRED = {
     "LATCHKEY_ADDR", "LATCHKEY_TOKEN", "LATCHKEY_CACERT", "LATCHKEY_CLIENT_CERT",
-    "LATCHKEY_CLIENT_KEY", "VAULT_ADDR", "VAULT_TOKEN", "CONSUL_HTTP_ADDR",
+    "LATCHKEY_CLIENT_KEY", "VAULT_ADDR", "VAULT_TOKEN", "BAO_ADDR", "BAO_TOKEN",
+    "CONSUL_HTTP_ADDR", "PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD", "PATH",
     "LATCHKEY_DEMO_DB_ROLE", "LATCHKEY_DEMO_PG_DSN",
 }  # fmt: skip
+VENV_BIN = str(Path(sys.executable).parent)
+
+# What an operator types after `source .latchkey/dev.env` in a fresh shell (no venv active):
+# the commands of Vault's and Consul's own docs, then latchkey reading what they wrote.
+OPERATOR_SESSION = """
+set -euo pipefail
+source "$1"
+bao kv put secret/myapp/database host=db.company.com username=myapp_user password=x >/dev/null
+echo "secret=$(latchkey secrets get myapp/database --field password --reveal)"
+consul kv put config/myapp/database/host db.company.com >/dev/null
+echo "config=$(latchkey config get config/myapp/database/host --field value)"
+echo "psql=$(psql -tAc 'SELECT count(*) FROM items')"
+command -v latchkey bao consul
+"""
 
 
 def _read_env(path: Path) -> dict[str, str]:
@@ -47,6 +62,17 @@ def _wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> 
     threading.Thread(target=reader, daemon=True).start()
     assert found.wait(timeout), f"`latchkey-server dev` never printed {needle!r}: {seen}"
     return seen
+
+
+def _operator_session(dev_env: Path) -> subprocess.CompletedProcess[str]:
+    """Run OPERATOR_SESSION in bash with a PATH that lacks the venv (nothing activated)."""
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != VENV_BIN)
+    keep = ("HOME", "LANG", "TMPDIR")
+    env = {name: os.environ[name] for name in keep if name in os.environ} | {"PATH": path}
+    return subprocess.run(
+        ["bash", "-c", OPERATOR_SESSION, "session", str(dev_env)],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
 
 
 def test_dev_stack_ready_and_credentials_log_in(tmp_path: Path, postgres: PostgresCluster) -> None:
@@ -81,6 +107,12 @@ def test_dev_stack_ready_and_credentials_log_in(tmp_path: Path, postgres: Postgr
             row = conn.execute("SELECT count(*) FROM items").fetchone()
         assert row is not None
         assert row[0] == 3
+        session = _operator_session(state / "dev.env")
+        assert "secret=x" in session.stdout, session
+        assert "config=db.company.com" in session.stdout, session
+        assert "psql=3" in session.stdout, session
+        found = session.stdout.split()[-3:]
+        assert found[0] == str(Path(VENV_BIN) / "latchkey")
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         code = proc.wait(timeout=90)
