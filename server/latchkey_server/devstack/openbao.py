@@ -16,6 +16,7 @@ import signal
 import socket
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +78,7 @@ class OpenBaoServer:
     binary: str = field(default_factory=find_bao)
     port: int = 0
     root_token: str = "root"
+    die_with_parent: bool = False
     _process: ManagedProcess | None = None
     _starts: int = 0
 
@@ -117,7 +119,9 @@ class OpenBaoServer:
         env["HOME"] = str(self.workdir)  # the token helper would write ~/.vault-token
         self._starts += 1
         self.log_path.write_text("")  # each start's log stands alone (the unseal key is in it)
-        self._process = ManagedProcess("openbao", argv, self.log_path, env=env)
+        self._process = ManagedProcess(
+            "openbao", argv, self.log_path, env=env, die_with_parent=self.die_with_parent
+        )
         self._process.start()
         self._process.wait_ready(self.kv_ready, timeout)
 
@@ -165,11 +169,11 @@ class OpenBaoServer:
             raise ComponentError("OpenBao is not running")
         os.killpg(self._process.pid, sig)
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0, hurry: Callable[[], bool] | None = None) -> None:
         if self._process is not None:
             if self._process.alive():
                 self.resume()  # a paused process cannot act on SIGTERM
-            self._process.stop(timeout=timeout)
+            self._process.stop(timeout=timeout, hurry=hurry)
 
     def kill(self) -> None:
         """SIGKILL the server (a crash; dev mode keeps nothing, so it comes back empty)."""

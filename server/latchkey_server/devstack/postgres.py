@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +64,9 @@ class PostgresCluster:
     superuser: str = "postgres"
     password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     datadir: Path | None = None
+    base_dir: Path | None = None
+    """Where the cluster lives (emptied first, removed on stop); None: a new temp folder."""
+    die_with_parent: bool = False
     _base: Path | None = None
     _process: ManagedProcess | None = None
 
@@ -97,7 +101,12 @@ class PostgresCluster:
 
     def start(self, timeout: float = 60.0) -> None:
         user = self._run_as()
-        self._base = Path(tempfile.mkdtemp(prefix="latchkey-pg-"))
+        if self.base_dir is not None:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+            self.base_dir.mkdir(parents=True, mode=0o700)
+            self._base = self.base_dir
+        else:
+            self._base = Path(tempfile.mkdtemp(prefix="latchkey-pg-"))
         self.datadir = self._base / "data"
         sockdir = self._base / "sock"
         sockdir.mkdir()
@@ -126,7 +135,9 @@ class PostgresCluster:
             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
             "-c", "max_connections=200",
         ]  # fmt: skip
-        self._process = ManagedProcess("postgres", argv, self.log_path, user=user)
+        self._process = ManagedProcess(
+            "postgres", argv, self.log_path, user=user, die_with_parent=self.die_with_parent
+        )
         self._process.start()
         self._process.wait_ready(self._accepts_login, timeout)
 
@@ -146,10 +157,14 @@ class PostgresCluster:
         except psycopg.OperationalError:
             return False
 
-    def stop(self) -> None:
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def stop(self, timeout: float = 10.0, hurry: Callable[[], bool] | None = None) -> None:
         """Fast shutdown (SIGINT), then remove the data directory."""
         if self._process:
-            self._process.stop(sig=signal.SIGINT)
+            self._process.stop(timeout=timeout, sig=signal.SIGINT, hurry=hurry)
         if self._base and self._base.exists():
             shutil.rmtree(self._base, ignore_errors=True)
 
