@@ -154,8 +154,11 @@ class Stack:
             "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
             "vault": {
                 "addr": self.vault_addr,
-                "approle_role_id": approle.role_id,
-                "approle_secret_id": approle.secret_id,
+                "auth": {
+                    "method": "approle",
+                    "role_id": approle.role_id,
+                    "secret_id": approle.secret_id,
+                },
             },
             "consul": {"addr": self.consul.http_addr},
             "auth": {"tokens_file": str(tokens_file), "policies_dir": str(policies)},

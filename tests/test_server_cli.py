@@ -18,7 +18,9 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
 def test_serve_with_bad_config_fails_fast_naming_the_field(tmp_path: Path) -> None:
     cfg = tmp_path / "gw.yaml"
-    cfg.write_text("vault: {token: s3cr3t}\nconsul: {max_connections: 9999}\n")
+    cfg.write_text(
+        "vault: {auth: {method: token, token: s3cr3t}}\nconsul: {max_connections: 9999}\n"
+    )
     result = _run("serve", "--config", str(cfg))
     assert result.returncode == 2
     assert "consul.max_connections" in result.stderr
@@ -27,7 +29,9 @@ def test_serve_with_bad_config_fails_fast_naming_the_field(tmp_path: Path) -> No
 
 def test_serve_without_any_authentication_says_what_to_do(tmp_path: Path) -> None:
     cfg = tmp_path / "gw.toml"
-    cfg.write_text('listen = "127.0.0.1:0"\ninsecure = true\n[vault]\ntoken = "t"\n')
+    cfg.write_text(
+        'listen = "127.0.0.1:0"\ninsecure = true\n[vault.auth]\nmethod = "token"\ntoken = "t"\n'
+    )
     result = _run("serve", "--config", str(cfg))
     assert result.returncode == 1
     assert "set auth.tokens_file" in result.stderr
@@ -35,7 +39,7 @@ def test_serve_without_any_authentication_says_what_to_do(tmp_path: Path) -> Non
 
 def test_serve_is_tls_by_default(tmp_path: Path) -> None:
     cfg = tmp_path / "gw.yaml"
-    cfg.write_text("vault: {token: t}\n")
+    cfg.write_text("vault: {auth: {method: token, token: t}}\n")
     result = _run("serve", "--config", str(cfg))
     assert result.returncode == 2
     assert "TLS is on by default" in result.stderr

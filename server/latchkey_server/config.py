@@ -21,16 +21,79 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+VaultAuthMethod = Literal["token", "approle", "userpass", "jwt"]
+
+# The settings each method needs; every group is "exactly one of these".
+_VAULT_AUTH_NEEDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "token": (("token", "token_file"),),
+    "approle": (("role_id",), ("secret_id", "secret_id_file")),
+    "userpass": (("username",), ("password_file",)),
+    "jwt": (("role",), ("jwt_file",)),
+}
+_VAULT_AUTH_MOUNTS = {"approle": "approle", "userpass": "userpass", "jwt": "jwt"}
+
+
+class VaultAuthSettings(_Section):
+    """How the gateway logs in to Vault. Every method but `token` logs in again before its
+    token dies; files are read at every login (so rotated files are picked up)."""
+
+    method: VaultAuthMethod
+    """token, approle, userpass or jwt."""
+    token: SecretStr | None = Field(default=None, min_length=1)
+    """token: the token (renewed while renewable, never revoked by the gateway)."""
+    token_file: Path | None = None
+    """token: a file holding the token (instead of `token`)."""
+    role_id: str | None = Field(default=None, min_length=1)
+    """approle: the role_id."""
+    secret_id: SecretStr | None = Field(default=None, min_length=1)
+    """approle: the secret_id."""
+    secret_id_file: Path | None = None
+    """approle: a file holding the secret_id (instead of `secret_id`)."""
+    username: str | None = Field(default=None, min_length=1)
+    """userpass: the user name."""
+    password_file: Path | None = None
+    """userpass: a file holding the password."""
+    role: str | None = Field(default=None, min_length=1)
+    """jwt: the role of Vault's JWT auth method to log in as."""
+    jwt_file: Path | None = None
+    """jwt: a file holding the JWT (e.g. a Kubernetes projected service-account token)."""
+    mount: str | None = Field(default=None, min_length=1)
+    """Path the auth method is mounted at (default: the method's name)."""
+
+    @model_validator(mode="after")
+    def _fields_of_the_method(self) -> VaultAuthSettings:
+        needs = _VAULT_AUTH_NEEDS[self.method]
+        own = {name for group in needs for name in group}
+        if self.method in _VAULT_AUTH_MOUNTS:
+            own.add("mount")
+        wanted = " + ".join(" or ".join(f"vault.auth.{n}" for n in group) for group in needs)
+        for name in type(self).model_fields:
+            if name != "method" and name not in own and getattr(self, name) is not None:
+                raise ValueError(
+                    f"vault.auth.{name} does not apply to vault.auth.method {self.method} "
+                    f"(it takes {wanted})"
+                )
+        for group in needs:
+            given = [name for name in group if getattr(self, name) is not None]
+            if not given:
+                raise ValueError(f"vault.auth.method {self.method} needs {wanted}")
+            if len(given) > 1:
+                raise ValueError(
+                    f"set only one of {' and '.join(f'vault.auth.{n}' for n in given)}"
+                )
+        return self
+
+    @property
+    def mount_path(self) -> str:
+        """The auth mount in use (the method's name unless `mount` is set)."""
+        return self.mount or _VAULT_AUTH_MOUNTS.get(self.method, self.method)
+
+
 class VaultSettings(_Section):
     addr: str = "http://127.0.0.1:8200"
     """Vault address."""
-    token: SecretStr | None = None
-    """Token auth (renewed while renewable). Either this or the AppRole pair."""
-    approle_role_id: str | None = None
-    """AppRole role_id (the gateway logs in and re-logs-in before its token expires)."""
-    approle_secret_id: SecretStr | None = None
-    """AppRole secret_id."""
-    approle_mount: str = "approle"
+    auth: VaultAuthSettings
+    """How the gateway logs in (`vault.auth.method` and that method's settings)."""
     kv_mount: str = "secret"
     """Default KV v2 mount for GetSecret when the request names none."""
     database_mount: str = "database"
@@ -39,15 +102,6 @@ class VaultSettings(_Section):
     """Threads running hvac (a synchronous library) off the event loop."""
     timeout: float = Field(default=10.0, gt=0)
     """Per-request timeout in seconds."""
-
-    @model_validator(mode="after")
-    def _one_auth(self) -> VaultSettings:
-        approle = self.approle_role_id is not None or self.approle_secret_id is not None
-        if approle and (self.approle_role_id is None or self.approle_secret_id is None):
-            raise ValueError("approle_role_id and approle_secret_id must be given together")
-        if not approle and self.token is None:
-            raise ValueError("set vault.token or vault.approle_role_id + vault.approle_secret_id")
-        return self
 
 
 class ConsulSettings(_Section):

@@ -9,6 +9,7 @@ import asyncio
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,8 +23,9 @@ from latchkey_server.models import (
     CredentialRevoked,
     CredentialRotation,
 )
-from latchkey_server.upstreams.vault import AppRoleAuth, TokenAuth, VaultAdapter, VaultAdapterConfig
+from latchkey_server.upstreams.vault import TokenAuth, VaultAdapter, VaultAdapterConfig
 from tests.fixtures.vault import VaultDatabase
+from tests.upstreams.vault.gateway_auth import LOGIN_METHODS, set_up_login
 
 WAIT = 30.0
 CREATE = [
@@ -183,29 +185,22 @@ async def test_close_leaves_no_working_credential(
     await stream.aclose()
 
 
-async def test_credentials_survive_the_gateways_relogin(vault_database: VaultDatabase) -> None:
-    """AppRole token TTL 4 s, max TTL 8 s: the adapter must re-login while leases issued under
-    the first token keep working, and streamed leases must move before that token dies."""
+@pytest.mark.parametrize("method", LOGIN_METHODS)
+async def test_credentials_survive_the_gateways_relogin(
+    vault_database: VaultDatabase, method: str, tmp_path: Path
+) -> None:
+    """Token TTL 4 s, max TTL 8 s, for each method that logs in: the adapter must log in again
+    while leases issued under the first token keep working, and streamed leases must move
+    before that token dies. The credential is rotated after the first login (in Vault and in
+    its file), so the second login works only because the file is read at every login."""
     vault = vault_database.vault
     root = vault.client()
-    auth_path = f"approle-{secrets.token_hex(3)}"
     policy = f"gw-{secrets.token_hex(3)}"
-    root.sys.enable_auth_method("approle", path=auth_path)
     root.sys.create_or_update_acl_policy(policy, gateway_policy(vault_database))
-    root.auth.approle.create_or_update_approle(
-        "gateway",
-        token_policies=[policy],
-        token_ttl="4s",
-        token_max_ttl="8s",
-        mount_point=auth_path,
-    )
-    role_id = root.auth.approle.read_role_id("gateway", mount_point=auth_path)["data"]["role_id"]
-    secret_id = root.auth.approle.generate_secret_id("gateway", mount_point=auth_path)["data"][
-        "secret_id"
-    ]
-    adapter = VaultAdapter(
-        VaultAdapterConfig(addr=vault.addr, auth=AppRoleAuth(role_id, secret_id, mount=auth_path))
-    )
+    login = set_up_login(root, method, policy=policy, ttl="4s", max_ttl="8s", workdir=tmp_path)
+    adapter = VaultAdapter(VaultAdapterConfig(addr=vault.addr, auth=login.auth))
+    await adapter.start()
+    login.rotate_credential(root)
     broker = LeaseBroker(
         adapter, mount=vault_database.mount_point, unheld_grace=60.0, heartbeat_interval=0.5
     )

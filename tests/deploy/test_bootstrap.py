@@ -7,6 +7,7 @@ the shipped health probe and answers the dev token with the seeded secret.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -58,9 +59,11 @@ def test_bootstrap_seeds_and_writes_a_config_the_gateway_serves(
     assert settings.auth.tokens_file is not None
     assert TokenStore.load(settings.auth.tokens_file).identify(token) == "dev"
 
+    # Metrics on a free port (the written config keeps the compose default, 9464, which a
+    # developer's own `make dev` may hold), overridden the way compose overrides it.
     gateway = ManagedProcess(
         "gateway", [*SERVER, "serve", "--config", str(state / "gateway.yaml")],
-        tmp_path / "gateway.log",
+        tmp_path / "gateway.log", env={**os.environ, "LATCHKEY_METRICS__LISTEN": "127.0.0.1:0"},
     )  # fmt: skip
     addr = f"127.0.0.1:{port}"
     ca = state / "tls" / "ca.crt"

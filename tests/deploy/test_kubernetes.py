@@ -16,8 +16,11 @@ import pytest
 import yaml
 
 from latchkey_server.config import load_settings
+from latchkey_server.upstreams.vault import VaultAdapter
 from tests.deploy.cli_args import parse_cli
 from tests.deploy.kustomize import render
+from tests.fixtures.vault import VaultServer
+from tests.upstreams.vault.gateway_auth import JwtIssuer
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBE = ROOT / "deploy" / "kubernetes"
@@ -25,6 +28,7 @@ BASE = KUBE / "base"
 OVERLAY = KUBE / "overlays" / "example"
 K8S_VERSION = "1.30.0"
 GRPC_PORT = 7400
+VAULT_AUDIENCE = "vault"
 
 
 def _one(resources: list[dict[str, Any]], kind: str, name: str = "latchkey") -> dict[str, Any]:
@@ -109,10 +113,7 @@ def test_pod_is_non_root_read_only_without_capabilities() -> None:
 def test_secrets_come_from_secret_objects() -> None:
     pod = _pod(render(BASE))
     container = pod["containers"][0]
-    env = {e["name"]: e for e in container["env"]}
-    ref = env["LATCHKEY_VAULT__APPROLE_SECRET_ID"]["valueFrom"]["secretKeyRef"]
-    assert ref["name"] == "latchkey-vault-approle"
-    assert "value" not in env["LATCHKEY_VAULT__APPROLE_SECRET_ID"]
+    assert "env" not in container, "no credential is passed in the environment"
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["tls"]["secret"]["secretName"] == "latchkey-tls"
     assert volumes["tokens"]["secret"]["secretName"] == "latchkey-tokens"
@@ -120,6 +121,26 @@ def test_secrets_come_from_secret_objects() -> None:
     assert volumes["policies"]["configMap"]["name"] == "latchkey-policies"
     for resource in render(OVERLAY):
         assert resource["kind"] != "Secret", "secret values never live in the manifests"
+
+
+def test_vault_identity_is_a_projected_service_account_token() -> None:
+    """No Vault credential is stored anywhere: the kubelet projects a short-lived token of the
+    pod's service account for the audience "vault" only, and rotates it."""
+    pod = _pod(render(BASE))
+    assert pod["automountServiceAccountToken"] is False, "no Kubernetes API token"
+    (source,) = _vault_token_volume(pod)["projected"]["sources"]
+    token = source["serviceAccountToken"]
+    assert token["audience"] == VAULT_AUDIENCE
+    assert 600 <= token["expirationSeconds"] <= 3600, "Kubernetes' minimum; short-lived"
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "vault-token")
+    assert mount["readOnly"] is True
+
+
+def _vault_token_volume(pod: dict[str, Any]) -> dict[str, Any]:
+    volumes: list[dict[str, Any]] = [v for v in pod["volumes"] if "projected" in v]
+    (volume,) = volumes
+    assert volume["name"] == "vault-token"
+    return volume
 
 
 @pytest.mark.parametrize("directory", [BASE, OVERLAY], ids=["base", "overlay-example"])
@@ -140,11 +161,14 @@ def test_config_map_and_environment_make_a_valid_gateway_config(
     env_from = container["envFrom"][0]["configMapRef"]["name"]
     for name, value in _one(resources, "ConfigMap", env_from)["data"].items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setenv("LATCHKEY_VAULT__APPROLE_SECRET_ID", "from-the-secret")
     settings = load_settings(tmp_path / "gateway.yaml")
     assert settings.listen.endswith(f":{GRPC_PORT}")
-    assert settings.vault.approle_role_id
-    assert settings.vault.approle_secret_id is not None
+    auth = settings.vault.auth
+    assert auth.method == "jwt"
+    assert auth.role
+    token_mount = next(m for m in container["volumeMounts"] if m["name"] == "vault-token")
+    (source,) = _vault_token_volume(pod)["projected"]["sources"]
+    assert auth.jwt_file == Path(token_mount["mountPath"]) / source["serviceAccountToken"]["path"]
     tokens_mount = next(m for m in container["volumeMounts"] if m["name"] == "tokens")
     assert settings.auth.tokens_file is not None
     assert settings.auth.tokens_file.parent == Path(tokens_mount["mountPath"])
@@ -164,7 +188,7 @@ def test_overlay_sets_image_replicas_namespace_and_upstreams() -> None:
     before = _one(base, "ConfigMap", "latchkey-upstreams")["data"]
     after = _one(overlay, "ConfigMap", "latchkey-upstreams")["data"]
     assert set(after) == set(before)
-    for key in ("LATCHKEY_VAULT__ADDR", "LATCHKEY_CONSUL__ADDR", "LATCHKEY_VAULT__APPROLE_ROLE_ID"):
+    for key in ("LATCHKEY_VAULT__ADDR", "LATCHKEY_CONSUL__ADDR", "LATCHKEY_VAULT__AUTH__MOUNT"):
         assert after[key] != before[key], key
     namespace = _one(overlay, "Namespace", kustomization["namespace"])
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
@@ -177,3 +201,48 @@ def test_policies_config_map_matches_the_repository_without_dev() -> None:
     for name, text in data.items():
         if name != "bindings.hcl":
             assert text == (ROOT / "policies" / name).read_text(), f"{name} drifted from policies/"
+
+
+async def test_the_pod_logs_in_to_a_real_vault_with_its_service_account_token(
+    openbao_process: VaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The overlay's settings log in to OpenBao configured as the README says: JWT auth trusting
+    the cluster's signing key, a role bound to the pod's service account and audience. The
+    kubelet's token is played by a JWT signed with that key, at the path the pod reads."""
+    resources = render(OVERLAY)
+    pod, namespace = _pod(resources), _one(resources, "Deployment")["metadata"]["namespace"]
+    config = _one(resources, "ConfigMap", "latchkey-config")["data"]["gateway.yaml"]
+    (tmp_path / "gateway.yaml").write_text(config)
+    for name, value in _one(resources, "ConfigMap", "latchkey-upstreams")["data"].items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("LATCHKEY_VAULT__ADDR", openbao_process.addr)
+    settings = load_settings(tmp_path / "gateway.yaml")
+    auth = settings.vault.auth
+    assert auth.role is not None
+    assert auth.jwt_file is not None
+    # What the operator does in Vault (README "Deploy on Kubernetes").
+    issuer, root = JwtIssuer(), openbao_process.client()
+    subject = f"system:serviceaccount:{namespace}:{pod['serviceAccountName']}"
+    root.sys.enable_auth_method("jwt", path=auth.mount_path)
+    root.auth.jwt.configure(jwt_validation_pubkeys=[issuer.public_pem], path=auth.mount_path)
+    root.sys.create_or_update_acl_policy(
+        "latchkey-gateway", 'path "secret/data/*" { capabilities = ["read"] }'
+    )
+    root.write(
+        f"auth/{auth.mount_path}/role/{auth.role}", role_type="jwt", user_claim="sub",
+        bound_audiences=[VAULT_AUDIENCE], bound_subject=subject,
+        token_policies=["latchkey-gateway"], token_ttl="1h", token_max_ttl="24h",
+    )  # fmt: skip
+    root.secrets.kv.v2.create_or_update_secret("app", {"k": "v"})
+    # What the kubelet does: the token file, where the pod reads it (here under tmp_path).
+    (source,) = _vault_token_volume(pod)["projected"]["sources"]
+    token_file = tmp_path / auth.jwt_file.relative_to("/")
+    token_file.parent.mkdir(parents=True)
+    audience = source["serviceAccountToken"]["audience"]
+    token_file.write_text(issuer.mint(subject, audience=audience))
+    auth.jwt_file = token_file
+    adapter = VaultAdapter.from_settings(settings.vault)
+    try:
+        assert (await adapter.read_kv("secret", "app")).data == {"k": "v"}
+    finally:
+        await adapter.close()

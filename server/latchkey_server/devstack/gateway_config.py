@@ -61,8 +61,11 @@ class GatewayConfig:
             "listen": self.listen,
             "vault": {
                 "addr": self.vault_addr,
-                "approle_role_id": self.approle.role_id,
-                "approle_secret_id": self.approle.secret_id,
+                "auth": {
+                    "method": "approle",
+                    "role_id": self.approle.role_id,
+                    "secret_id": self.approle.secret_id,
+                },
             },
             "consul": {"addr": self.consul_addr},
             "auth": {"tokens_file": str(self.tokens_file)},

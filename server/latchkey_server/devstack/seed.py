@@ -32,7 +32,6 @@ path "sys/mounts/database/tune" { capabilities = ["read"] }
 path "sys/leases/renew"         { capabilities = ["update"] }
 path "sys/leases/revoke"        { capabilities = ["update"] }
 path "secret/data/*"            { capabilities = ["read"] }
-path "secret/metadata/*"        { capabilities = ["read", "list"] }
 """
 
 DEMO_READERS = "demo_readers"

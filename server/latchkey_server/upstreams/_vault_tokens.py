@@ -14,7 +14,7 @@ from typing import Any
 
 from latchkey_server.errors import LatchkeyError, Unavailable
 from latchkey_server.upstreams._retry import backoff_delay
-from latchkey_server.upstreams._vault_config import AppRoleAuth, VaultAdapterConfig
+from latchkey_server.upstreams._vault_config import VaultAdapterConfig
 from latchkey_server.upstreams._vault_responses import response_warnings
 from latchkey_server.upstreams.vault_port import TokenDeadlineListener
 
@@ -141,13 +141,21 @@ class TokenKeeper(abc.ABC):
                 self._login_task = None
 
     def _adopt(self, tok: TokenRecord, now: float, ttl: float) -> TokenRecord:
-        """Make a freshly logged-in token the current one (`ttl`: seconds it has left)."""
-        if tok.renewable and tok.expires_at is not None:
-            tok.next_renew_at = now + ttl * self.config.token_renew_fraction
+        """Make a freshly logged-in token the current one (`ttl`: seconds it has left).
+
+        A token that cannot be renewed dies when its TTL ends (its hard deadline). If the
+        method can log in again, its "renewal" is still scheduled: that renewal fails, and the
+        failure moves work to a fresh token before the deadline, as for a token at its max TTL.
+        """
+        if tok.expires_at is not None:
+            if not tok.renewable:
+                tok.hard_deadline = tok.expires_at
+            if tok.renewable or self.config.auth.logs_in:
+                tok.next_renew_at = now + ttl * self.config.token_renew_fraction
         self.logins += 1
         log.info(
             "vault: authenticated as %s (%s, ttl %ss, renewable %s)",
-            tok.label, type(self.config.auth).__name__, int(ttl), tok.renewable,
+            tok.label, self.config.auth.method, int(ttl), tok.renewable,
         )  # fmt: skip
         self._tokens.append(tok)
         self._current = tok
@@ -210,7 +218,8 @@ class TokenKeeper(abc.ABC):
         if not current and not tok.leases:
             await self._retire(tok)
             return now
-        if current and tok.hard_deadline is not None and isinstance(self.config.auth, AppRoleAuth):
+        ending = tok.hard_deadline is not None and tok.next_renew_at is None
+        if current and ending and self.config.auth.logs_in:
             # New leases must not be issued under a token that is running out: log in again.
             await self._relogin()
             return now
@@ -250,7 +259,7 @@ class TokenKeeper(abc.ABC):
     async def _token_ending(self, tok: TokenRecord) -> None:
         """A token will die at its hard deadline: move new work to a fresh token first (so
         replacement leases are not issued under the dying one), then warn the listeners."""
-        if tok is self._current and isinstance(self.config.auth, AppRoleAuth):
+        if tok is self._current and self.config.auth.logs_in:
             try:
                 await self._relogin()
             except LatchkeyError as exc:
@@ -266,3 +275,20 @@ class TokenKeeper(abc.ABC):
             with contextlib.suppress(LatchkeyError):
                 await self._revoke_self(tok, "revoke an old token")
         log.info("vault: retired %s", tok.label)
+
+    async def _stop_keeping(self) -> None:
+        """Stop the keeper; revoke the tokens we logged in for (unless configured not to)."""
+        self._closed = True
+        self._wake.set()
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
+        if self._login_task is not None and not self._login_task.done():
+            self._login_task.cancel()
+        if self.config.revoke_tokens_on_close:
+            for tok in [t for t in self._tokens if t.owned and not t.dead]:
+                with contextlib.suppress(LatchkeyError):
+                    await self._revoke_self(tok, "revoke its token on shutdown")
+        self._tokens.clear()
+        self._current = None

@@ -2,31 +2,31 @@
 
 hvac is synchronous, so every call runs on a bounded thread pool (`pool_size` threads) via
 `loop.run_in_executor`; nothing blocking reaches the event loop. hvac and requests exceptions
-are turned into domain errors right where the call is made (`translate_error`), and transient
-failures of idempotent calls are retried with exponential backoff and full jitter.
+are turned into domain errors right where the call is made, through one table (`_RULES` here,
+the hvac-free rest in `_vault_errors.py`): the exception's class, refined by the words of
+Vault's own `errors` list, gives a cause; the cause gives the domain error and whether the call
+may be retried. Transient failures are retried with exponential backoff and full jitter.
 
-Tokens. The adapter authenticates with a given token (renewed while renewable) or with AppRole
-(log in, renew at `token_renew_fraction` of the TTL, log in again when renewal stops extending
-the token). Vault makes every lease a child of the token that created it and revokes the lease
-the moment that token dies. So the adapter remembers which token issued each lease, renews and
-revokes a lease with that token's own client, keeps every token that still owns a live lease
-alive, and revokes an old token only once its leases are gone. When an old token cannot be kept
-alive to its leases' end (it reached its max TTL), the listeners registered with
-`add_token_deadline_listener` are told which leases will die and when, so the lease broker can
-rotate them first.
+Tokens. The adapter authenticates with a given token (renewed while renewable) or logs in
+(AppRole, userpass or JWT: log in, renew at `token_renew_fraction` of the TTL, log in again when
+renewal stops extending the token). Vault makes every lease a child of the token that created
+it and revokes the lease the moment that token dies. So the adapter remembers which token issued
+each lease, renews and revokes a lease with that token's own client, keeps every token that
+still owns a live lease alive, and revokes an old token only once its leases are gone. When an
+old token cannot be kept alive to its leases' end (it reached its max TTL), the listeners
+registered with `add_token_deadline_listener` are told which leases will die and when, so the
+lease broker can rotate them first.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import itertools
 import logging
 import math
-import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -35,26 +35,35 @@ import hvac
 import hvac.exceptions as hvac_exc
 import requests
 
-from latchkey_server.errors import (
-    FailedPrecondition,
-    InvalidArgument,
-    LatchkeyError,
-    NotFound,
-    PermissionDenied,
-    ResourceExhausted,
-    Unavailable,
-)
+from latchkey_server.errors import LatchkeyError, NotFound, PermissionDenied, Unavailable
 from latchkey_server.models import KvSecret
 from latchkey_server.observability.telemetry import Telemetry
+from latchkey_server.upstreams._reachability import Reachability
 from latchkey_server.upstreams._retry import backoff_delay
 from latchkey_server.upstreams._vault_config import (
     AppRoleAuth,
+    FileSecret,
+    JwtAuth,
+    LoginAuth,
     TokenAuth,
+    UserpassAuth,
     VaultAdapterConfig,
+    VaultAuth,
     config_from_settings,
+    reveal,
+)
+from latchkey_server.upstreams._vault_errors import (
+    OUTCOMES,
+    Cause,
+    Retry,
+    Rule,
+    classify,
+    domain_error,
+    operation,
+    vault_messages,
 )
 from latchkey_server.upstreams._vault_responses import kv_secret, response_warnings
-from latchkey_server.upstreams._vault_tokens import TokenKeeper, TokenRecord, utc
+from latchkey_server.upstreams._vault_tokens import TokenKeeper, TokenRecord
 from latchkey_server.upstreams.vault_port import (
     VAULT_SYSTEM_MAX_TTL,
     IssuedLease,
@@ -69,11 +78,15 @@ log = logging.getLogger("latchkey.upstreams.vault")
 
 __all__ = [
     "AppRoleAuth",
+    "Cause",
     "ClientFactory",
+    "FileSecret",
+    "JwtAuth",
     "TokenAuth",
+    "UserpassAuth",
     "VaultAdapter",
     "VaultAdapterConfig",
-    "backoff_delay",
+    "VaultAuth",
     "translate_error",
     "vault_messages",
 ]
@@ -85,95 +98,85 @@ ClientFactory = Callable[[str | None], Any]
 
 # ---------------------------------------------------------------- error translation
 
-_REDACT = (
-    re.compile(r"\b(hv[sbr]\.|s\.)[A-Za-z0-9_.-]{8,}"),
-    re.compile(r"(?i)(password|secret_id|token|secret)(\"?\s*[:=]\s*)\S+"),
+# hvac's exception classes (one per HTTP status) and requests' transport errors, refined by
+# Vault's own words: the first matching row gives the cause (see `_vault_errors.OUTCOMES`).
+_REFUSED = (hvac_exc.InvalidRequest, hvac_exc.Unauthorized, hvac_exc.Forbidden)
+_RULES: tuple[Rule, ...] = (
+    Rule(hvac_exc.VaultDown, Cause.SEALED, says="vault is sealed"),
+    Rule(_REFUSED, Cause.LOGIN_REFUSED, op="login"),
+    Rule(hvac_exc.InvalidRequest, Cause.UNKNOWN_ROLE, says="unknown role"),
+    Rule(hvac_exc.InvalidRequest, Cause.LEASE_GONE, says="lease not found"),
+    Rule(hvac_exc.InvalidRequest, Cause.LEASE_GONE, says="invalid lease"),
+    Rule(hvac_exc.InvalidRequest, Cause.LEASE_GONE, says="lease expired"),
+    Rule(hvac_exc.InvalidRequest, Cause.LEASE_GONE, says="lease is expired"),
+    Rule(hvac_exc.InvalidRequest, Cause.NOT_RENEWABLE, says="not renewable"),
+    Rule(hvac_exc.InvalidRequest, Cause.NOT_RENEWABLE, says="past the max ttl"),
+    Rule(hvac_exc.InvalidPath, Cause.MISSING),
+    Rule((hvac_exc.Forbidden, hvac_exc.Unauthorized), Cause.DENIED),
+    Rule(hvac_exc.InvalidRequest, Cause.BAD_REQUEST),
+    Rule(hvac_exc.RateLimitExceeded, Cause.RATE_LIMITED),
+    Rule(hvac_exc.VaultNotInitialized, Cause.UNINITIALIZED),
+    Rule(hvac_exc.VaultDown, Cause.DOWN),
+    Rule((hvac_exc.InternalServerError, hvac_exc.BadGateway), Cause.SERVER_ERROR),
+    Rule(requests.exceptions.ConnectTimeout, Cause.CONNECT_TIMEOUT),
+    Rule(requests.exceptions.Timeout, Cause.TIMEOUT),
+    Rule(requests.exceptions.ConnectionError, Cause.UNREACHABLE),
+    Rule(hvac_exc.VaultError, Cause.UNEXPECTED),
 )
-_TRANSIENT = (
-    hvac_exc.VaultDown,
-    hvac_exc.BadGateway,
-    hvac_exc.InternalServerError,
-    hvac_exc.RateLimitExceeded,
-    hvac_exc.VaultNotInitialized,
-    requests.exceptions.ConnectionError,
-    requests.exceptions.Timeout,
-)
-# Safe to retry even when the call is not idempotent: Vault certainly did not act.
-_NOT_PROCESSED = (hvac_exc.VaultDown, requests.exceptions.ConnectTimeout)
-_STATUS = {
-    hvac_exc.VaultDown: 503,
-    hvac_exc.BadGateway: 502,
-    hvac_exc.InternalServerError: 500,
-    hvac_exc.VaultNotInitialized: 501,
-}
 
 
-def vault_messages(exc: BaseException) -> str:
-    """Vault's own error texts from an hvac exception, redacted and shortened (log/message safe)."""
-    errors = getattr(exc, "errors", None)
-    text = "; ".join(str(e) for e in errors) if isinstance(errors, list) else ""
-    text = " ".join(text.split())
-    for pattern in _REDACT:
-        text = pattern.sub(lambda m: f"{m.group(1)}<redacted>", text)
-    return text[:300]
+def translate(
+    exc: BaseException, action: str, messages: Mapping[Cause, str] | None = None
+) -> tuple[Cause | None, LatchkeyError]:
+    """The cause (None for a domain error raised on our side) and the safe domain error."""
+    if isinstance(exc, LatchkeyError):
+        return None, exc
+    cause = classify(_RULES, exc, operation(action))
+    return cause, domain_error(cause, exc, action, messages)
 
 
 def translate_error(
-    exc: BaseException, action: str, *, not_found: str | None = None
+    exc: BaseException, action: str, messages: Mapping[Cause, str] | None = None
 ) -> LatchkeyError:
     """Map an hvac/requests exception to a domain error whose message is safe to show."""
-    if isinstance(exc, LatchkeyError):
-        return exc
-    if isinstance(exc, hvac_exc.InvalidPath):
-        return NotFound(not_found or f"Vault found nothing to {action}")
-    if isinstance(exc, hvac_exc.Forbidden | hvac_exc.Unauthorized):
-        return PermissionDenied(
-            f"Vault denied the gateway permission to {action}; check the gateway's Vault policy"
+    return translate(exc, action, messages)[1]
+
+
+def _log_in(client: Any, auth: LoginAuth) -> Any:
+    """The login request of each method (reads a credential file now: runs on the pool)."""
+    if isinstance(auth, AppRoleAuth):
+        login, args = client.auth.approle.login, (auth.role_id, reveal(auth.secret_id))
+    elif isinstance(auth, UserpassAuth):
+        login, args = client.auth.userpass.login, (auth.username, reveal(auth.password))
+    else:
+        return client.auth.jwt.jwt_login(
+            auth.role, reveal(auth.jwt), use_token=False, path=auth.mount
         )
-    if isinstance(exc, hvac_exc.InvalidRequest):
-        detail = vault_messages(exc)
-        return InvalidArgument(
-            f"Vault rejected the request to {action}" + (f": {detail}" if detail else "")
-        )
-    if isinstance(exc, hvac_exc.RateLimitExceeded):
-        return ResourceExhausted(f"Vault is rate limiting the gateway ({action})", retry_after=1.0)
-    for cls, status in _STATUS.items():
-        if isinstance(exc, cls):
-            return Unavailable(f"Vault is unavailable (HTTP {status}) to {action}", retry_after=1.0)
-    if isinstance(exc, requests.exceptions.Timeout):
-        return Unavailable(f"Vault did not answer in time to {action}", retry_after=1.0)
-    if isinstance(exc, requests.exceptions.ConnectionError):
-        return Unavailable(f"Vault cannot be reached to {action}", retry_after=1.0)
-    if isinstance(exc, hvac_exc.VaultError):
-        return LatchkeyError(f"Vault answered unexpectedly to a request to {action}")
-    return LatchkeyError(f"internal error while asking Vault to {action}")
+    return login(*args, use_token=False, mount_point=auth.mount)
+
+
+def _check_health(client: Any) -> None:
+    """`GET sys/health`, a standby counting as healthy. hvac returns the other answers instead
+    of raising: they are raised here as Vault's errors are (sealed: 503 "Vault is sealed")."""
+    resp = client.sys.read_health_status(
+        method="GET", standby_ok=True, performance_standby_code=200
+    )
+    status = int(getattr(resp, "status_code", 200))
+    if status < 300:
+        return
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    body = body if isinstance(body, dict) else {}
+    if body.get("initialized") is False:
+        raise hvac_exc.VaultNotInitialized(errors=["Vault is not initialized"])
+    # Sealed, a DR secondary (472), anything else: Vault cannot serve the gateway.
+    sealed = body.get("sealed") is True
+    raise hvac_exc.VaultDown(errors=["Vault is sealed" if sealed else f"health: HTTP {status}"])
 
 
 # ---------------------------------------------------------------- the adapter
-
-
-# Metric label for each kind of Vault call (a fixed vocabulary; never a path or role).
-_OPERATIONS = (
-    ("read secret", "kv_read"),
-    ("issue credentials", "creds"),
-    ("renew lease", "lease_renew"),
-    ("revoke lease", "lease_revoke"),
-    ("log in", "login"),
-    ("look up its own token", "token_lookup"),
-    ("renew its token", "token_renew"),
-    ("revoke", "token_revoke"),
-    ("read database role", "role_read"),
-    ("read the configuration of mount", "mount_read"),
-    ("check health", "health"),
-)
-
-
-def operation(action: str) -> str:
-    """The fixed operation label for a call described by `action`."""
-    for prefix, label in _OPERATIONS:
-        if action.startswith(prefix):
-            return label
-    return "other"
 
 
 class VaultAdapter(TokenKeeper):
@@ -196,9 +199,7 @@ class VaultAdapter(TokenKeeper):
         self._pool = ThreadPoolExecutor(
             max_workers=config.pool_size, thread_name_prefix="latchkey-vault"
         )
-        self._reachable = True
-        self._last_contact: datetime | None = None
-        self._reach_listeners: list[ReachabilityListener] = []
+        self._reach = Reachability("vault", clock)
         self._role_ttl: dict[tuple[str, str], tuple[float | None, float]] = {}
 
     @classmethod
@@ -216,37 +217,20 @@ class VaultAdapter(TokenKeeper):
         )
 
     def __repr__(self) -> str:
-        return f"VaultAdapter(addr={self.config.addr!r}, reachable={self._reachable})"
+        return f"VaultAdapter(addr={self.config.addr!r}, reachable={self.reachable})"
 
-    # ------------------------------------------------------------ health and listeners
+    # ------------------------------------------------------------ reachability
 
     @property
     def reachable(self) -> bool:
-        return self._reachable
-
-    @property
-    def is_reachable(self) -> bool:
-        return self._reachable
+        return self._reach.reachable
 
     @property
     def last_contact(self) -> datetime | None:
-        return self._last_contact
+        return self._reach.last_contact
 
     def add_reachability_listener(self, listener: ReachabilityListener) -> Callable[[], None]:
-        self._reach_listeners.append(listener)
-        return lambda: self._discard(self._reach_listeners, listener)
-
-    def _note(self, *, answered: bool) -> None:
-        if answered:
-            self._last_contact = utc(self._clock())
-        if answered != self._reachable:
-            self._reachable = answered
-            log.warning("vault is %s", "reachable again" if answered else "unreachable")
-            for listener in list(self._reach_listeners):
-                try:
-                    listener(answered)
-                except Exception:
-                    log.exception("reachability listener failed")
+        return self._reach.add_listener(listener)
 
     # ------------------------------------------------------------ calling hvac
 
@@ -256,7 +240,7 @@ class VaultAdapter(TokenKeeper):
         *,
         action: str,
         idempotent: bool,
-        not_found: str | None = None,
+        messages: Mapping[Cause, str] | None = None,
         attempts: int | None = None,
     ) -> T:
         """Run one hvac call on the pool, translating errors and retrying transient ones."""
@@ -266,12 +250,13 @@ class VaultAdapter(TokenKeeper):
             try:
                 result = await loop.run_in_executor(self._pool, fn)
             except Exception as exc:
-                error = translate_error(exc, action, not_found=not_found)
-                self._note(answered=not isinstance(error, Unavailable))
+                cause, error = translate(exc, action, messages)
+                if cause is not None:  # else the call failed on our side: Vault was not asked
+                    self._reach.note(answered=not isinstance(error, Unavailable))
                 outcome = "not_found" if isinstance(error, NotFound) else "error"
                 self._requests.labels("vault", operation(action), outcome).inc()
-                retry = isinstance(exc, _TRANSIENT) and (
-                    idempotent or isinstance(exc, _NOT_PROCESSED)
+                retry = cause is not None and OUTCOMES[cause].retry in (
+                    (Retry.ALWAYS, Retry.IF_IDEMPOTENT) if idempotent else (Retry.ALWAYS,)
                 )
                 if not retry or attempt + 1 >= tries or self._closed:
                     level = logging.DEBUG if isinstance(error, NotFound) else logging.INFO
@@ -284,7 +269,7 @@ class VaultAdapter(TokenKeeper):
                     )
                 )
             else:
-                self._note(answered=True)
+                self._reach.note(answered=True)
                 self._requests.labels("vault", operation(action), "ok").inc()
                 return result
         raise AssertionError("unreachable")  # pragma: no cover
@@ -295,23 +280,23 @@ class VaultAdapter(TokenKeeper):
         *,
         action: str,
         idempotent: bool,
-        not_found: str | None = None,
+        messages: Mapping[Cause, str] | None = None,
     ) -> tuple[T, TokenRecord]:
-        """Run `call(client)` with the current token; once re-login and retry if it died."""
+        """Run `call(client)` with the current token; if it died, log in again once and retry."""
         tok = await self._token()
         try:
             return await self._call(
                 functools.partial(call, tok.client), action=action, idempotent=idempotent,
-                not_found=not_found,
+                messages=messages,
             ), tok  # fmt: skip
         except PermissionDenied:
-            if not isinstance(self.config.auth, AppRoleAuth) or await self._token_alive(tok):
+            if not self.config.auth.logs_in or await self._token_alive(tok):
                 raise
             self._bury(tok)
             tok = await self._token()
             result = await self._call(
                 functools.partial(call, tok.client), action=action, idempotent=idempotent,
-                not_found=not_found,
+                messages=messages,
             )  # fmt: skip
             return result, tok
 
@@ -328,29 +313,11 @@ class VaultAdapter(TokenKeeper):
 
     async def _login(self) -> TokenRecord:
         auth, now = self.config.auth, self._clock()
-        if isinstance(auth, AppRoleAuth):
-            anon = self._factory(None)
-            resp = await self._call(
-                functools.partial(
-                    anon.auth.approle.login, auth.role_id, auth.secret_id,
-                    use_token=False, mount_point=auth.mount,
-                ),
-                action="log in with AppRole", idempotent=True,
-            )  # fmt: skip
-            data = resp["auth"]
-            ttl = float(data.get("lease_duration") or 0)
-            tok = TokenRecord(
-                client=self._factory(str(data["client_token"])),
-                owned=True,
-                ttl=ttl,
-                renewable=bool(data.get("renewable")),
-                expires_at=now + ttl if ttl > 0 else None,
-                next_renew_at=None,
-            )
-        else:
-            client = self._factory(auth.token)
-            resp = await self._call(
-                client.auth.token.lookup_self, action="look up its own token", idempotent=True
+        action = f"log in with {auth.method}"
+        if isinstance(auth, TokenAuth):
+            # A given token: "logging in" is looking it up (its file, if any, is read now).
+            client, resp = await self._call(
+                functools.partial(self._look_up_given, auth), action=action, idempotent=True
             )
             data = resp.get("data") or {}
             ttl = float(data.get("ttl") or 0)
@@ -362,9 +329,26 @@ class VaultAdapter(TokenKeeper):
                 expires_at=now + ttl if ttl > 0 else None,
                 next_renew_at=None,
             )
-            if tok.expires_at is not None and not tok.renewable:
-                tok.hard_deadline = tok.expires_at
+        else:
+            anon = self._factory(None)
+            resp = await self._call(
+                functools.partial(_log_in, anon, auth), action=action, idempotent=True
+            )
+            data = resp["auth"]
+            ttl = float(data.get("lease_duration") or 0)
+            tok = TokenRecord(
+                client=self._factory(str(data["client_token"])),
+                owned=True,
+                ttl=ttl,
+                renewable=bool(data.get("renewable")),
+                expires_at=now + ttl if ttl > 0 else None,
+                next_renew_at=None,
+            )
         return self._adopt(tok, now, ttl)
+
+    def _look_up_given(self, auth: TokenAuth) -> tuple[Any, Any]:
+        client = self._factory(reveal(auth.token))
+        return client, client.auth.token.lookup_self()
 
     async def _renew_self(self, tok: TokenRecord) -> Any:
         return await self._call(
@@ -385,22 +369,20 @@ class VaultAdapter(TokenKeeper):
             lambda c: c.secrets.kv.v2.read_secret_version(
                 path=path, version=version or None, mount_point=mount, raise_on_deleted_version=True
             ),
-            action=f"read secret {where}", idempotent=True, not_found=f"secret {where} not found",
+            action=f"read secret {where}", idempotent=True,
+            messages={Cause.MISSING: f"secret {where} not found"},
         )  # fmt: skip
         return kv_secret(resp, where)
 
     async def issue_credentials(self, mount: str, role: str) -> IssuedLease:
-        action = f"issue credentials for database role {role!r}"
-        try:
-            resp, tok = await self._with_token(
-                lambda c: c.secrets.database.generate_credentials(name=role, mount_point=mount),
-                action=action, idempotent=False,
-                not_found=f"database secrets engine mount {mount!r} not found",
-            )  # fmt: skip
-        except InvalidArgument as exc:
-            if "unknown role" in exc.message:
-                raise NotFound(f"database role {role!r} not found on mount {mount!r}") from exc
-            raise
+        resp, tok = await self._with_token(
+            lambda c: c.secrets.database.generate_credentials(name=role, mount_point=mount),
+            action=f"issue credentials for database role {role!r}", idempotent=False,
+            messages={
+                Cause.MISSING: f"database secrets engine mount {mount!r} not found",
+                Cause.UNKNOWN_ROLE: f"database role {role!r} not found on mount {mount!r}",
+            },
+        )  # fmt: skip
         now = self._clock()
         data = resp.get("data") or {}
         lease_id = str(resp["lease_id"])
@@ -422,21 +404,15 @@ class VaultAdapter(TokenKeeper):
         if tok.dead:
             raise NotFound(f"lease {lease_id} no longer exists in Vault (its token ended)")
         step = max(1, math.ceil(increment)) if increment else None
-        try:
-            resp = await self._call(
-                functools.partial(tok.client.sys.renew_lease, lease_id=lease_id, increment=step),
-                action=f"renew lease {lease_id}", idempotent=True,
-                not_found=f"lease {lease_id} not found in Vault",
-            )  # fmt: skip
-        except InvalidArgument as exc:
-            text = exc.message.lower()
-            if "not renewable" in text or "max ttl" in text or "cannot renew" in text:
-                raise FailedPrecondition(
-                    f"Vault will not renew lease {lease_id} any further"
-                ) from exc
-            if "not found" in text or "expired" in text or "invalid lease" in text:
-                raise NotFound(f"lease {lease_id} no longer exists in Vault") from exc
-            raise
+        resp = await self._call(
+            functools.partial(tok.client.sys.renew_lease, lease_id=lease_id, increment=step),
+            action=f"renew lease {lease_id}", idempotent=True,
+            messages={
+                Cause.MISSING: f"lease {lease_id} not found in Vault",
+                Cause.LEASE_GONE: f"lease {lease_id} no longer exists in Vault",
+                Cause.NOT_RENEWABLE: f"Vault will not renew lease {lease_id} any further",
+            },
+        )  # fmt: skip
         now = self._clock()
         duration = float(resp.get("lease_duration") or 0)
         if owner is not None:
@@ -481,10 +457,11 @@ class VaultAdapter(TokenKeeper):
         client.sys.revoke_lease(lease_id=lease_id)
 
     async def ping(self) -> None:
-        """`sys/health` (unauthenticated): refreshes reachability even when nothing else runs."""
+        """`sys/health` (unauthenticated): refreshes reachability even when nothing else runs.
+        Raises Unavailable when Vault is sealed, uninitialised or unreachable."""
         client = self._factory(None)
         await self._call(
-            lambda: client.sys.read_health_status(method="GET"),
+            functools.partial(_check_health, client),
             action="check health",
             idempotent=True,
             attempts=1,
@@ -529,20 +506,6 @@ class VaultAdapter(TokenKeeper):
 
     async def close(self) -> None:
         """Stop renewing; revoke the tokens we logged in for (and so any lease left under them)."""
-        if self._closed:
-            return
-        self._closed = True
-        self._wake.set()
-        if self._keeper is not None:
-            self._keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keeper
-        if self._login_task is not None and not self._login_task.done():
-            self._login_task.cancel()
-        if self.config.revoke_tokens_on_close:
-            for tok in [t for t in self._tokens if t.owned and not t.dead]:
-                with contextlib.suppress(LatchkeyError):
-                    await self._revoke_self(tok, "revoke its token on shutdown")
-        self._tokens.clear()
-        self._current = None
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if not self._closed:
+            await self._stop_keeping()
+            self._pool.shutdown(wait=False, cancel_futures=True)

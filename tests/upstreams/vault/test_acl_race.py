@@ -1,43 +1,40 @@
-"""Concurrent credential creation and revocation on one database, through hvac.
+"""Many credentials issued and revoked at once on the demo's role, through the adapter.
 
 GRANT/REVOKE on a shared object from concurrent transactions race in PostgreSQL ("tuple
-concurrently updated"); issuing and revoking many credentials at once must still succeed.
+concurrently updated"). The demo's creation statement therefore only joins a group role that
+holds the privileges (`READONLY_CREATION`, `IN ROLE demo_readers`): with that pattern every
+concurrent issue and revocation succeeds, and every credential reads the demo table.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import asyncio
 from typing import Any
 
-import hvac
-
-from latchkey_server.devstack.postgres import PostgresCluster
-
-GRANTING_ROLE = [
-    "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
-    'GRANT CONNECT ON DATABASE postgres TO "{{name}}";',
-    'GRANT USAGE ON SCHEMA public TO "{{name}}";',
-]
+from latchkey_server.devstack.seed import DEMO_ROLE
+from latchkey_server.upstreams.vault import VaultAdapter
+from tests.fixtures.vault import VaultServer
+from tests.upstreams.vault.conftest import adapter_for
+from tests.upstreams.vault.test_gateway_policy import can_read_the_demo
 
 
-def test_concurrent_creds_and_revokes_all_succeed(
-    vault_database: Any, vault_server: Any, postgres: PostgresCluster
+async def test_concurrent_creds_and_revokes_all_succeed(
+    demo_env: dict[str, Any], vault_server: VaultServer
 ) -> None:
-    client = hvac.Client(url=vault_server.addr, token=vault_server.root_token)
-    mount, db_name = vault_database.mount_point, vault_database.db_name
-    client.secrets.database.create_role(
-        name="racy", db_name=db_name, creation_statements=GRANTING_ROLE,
-        default_ttl="60s", max_ttl="120s", mount_point=mount,
-    )  # fmt: skip
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        issued = list(
-            pool.map(
-                lambda _: client.secrets.database.generate_credentials("racy", mount_point=mount),
-                range(16),
-            )
+    db = demo_env["db"]
+    adapter: VaultAdapter = adapter_for(vault_server, pool_size=8)
+    try:
+        issued = await asyncio.gather(
+            *(adapter.issue_credentials("database", DEMO_ROLE) for _ in range(16))
         )
-        for reply in issued:
-            assert postgres.can_login(reply["data"]["username"], reply["data"]["password"])
-        list(pool.map(lambda r: client.sys.revoke_lease(r["lease_id"]), issued))
-    for reply in issued:
-        assert not postgres.can_login(reply["data"]["username"], reply["data"]["password"])
+        for cred in issued:
+            assert await asyncio.to_thread(
+                can_read_the_demo, db.host, db.port, cred.username, cred.password
+            )
+        await asyncio.gather(*(adapter.revoke_lease(cred.lease_id) for cred in issued))
+        for cred in issued:
+            assert not await asyncio.to_thread(
+                can_read_the_demo, db.host, db.port, cred.username, cred.password
+            )
+    finally:
+        await adapter.close()
