@@ -7,14 +7,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install consul postgres-bin dev test lint fmt typecheck proto proto-check check bench clean
+.PHONY: help install node-deps consul postgres-bin dev test lint fmt typecheck proto proto-check check bench clean
 
 help:
 	@echo "make dev    - set everything up and run the local stack in the foreground"
 	@echo "make test   - set everything up and run the whole test suite"
 	@echo "make lint   - ruff check, ruff format --check, mypy --strict"
 	@echo "make fmt    - ruff format + autofix"
-	@echo "make proto  - regenerate the latchkey.v1 stubs from proto/"
+	@echo "make proto  - regenerate the latchkey.v1 stubs (Python and Node) from proto/"
 	@echo "make bench  - run the benchmarks, write .latchkey/bench.json"
 
 # Both distributions, editable, with their dev extras. Re-runs only when a pyproject changes.
@@ -24,6 +24,17 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	@touch $@
 
 install: $(STAMP)
+
+# The Node SDK's packages (clients/node), exactly as package-lock.json pins them. Re-runs only
+# when the manifest or the lockfile changes; fails with instructions when Node.js 20+ is missing.
+NODE_DIR := clients/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	@bash scripts/ensure-node.sh
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+node-deps: $(NODE_STAMP)
 
 # The real consul binary (LATCHKEY_CONSUL_BIN, PATH, or Debian's package unpacked into .cache/).
 consul:
@@ -36,7 +47,7 @@ postgres-bin:
 dev: install consul postgres-bin
 	$(VENV)/bin/latchkey-server dev
 
-test: install consul postgres-bin
+test: install node-deps consul postgres-bin
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: install
@@ -51,8 +62,9 @@ fmt: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-proto: install
+proto: install node-deps
 	bash scripts/gen-proto.sh
+	bash scripts/gen-proto-node.sh
 
 check: lint
 	$(VENV)/bin/pytest -q tests/test_proto_drift.py
