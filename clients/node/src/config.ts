@@ -76,11 +76,6 @@ export class ConfigWatch extends LiveStream<ConfigEvent> {
     return this.view.current;
   }
 
-  /** @internal */
-  async start(signal?: AbortSignal): Promise<this> {
-    await this.loop.start(signal);
-    return this;
-  }
 }
 
 /** Checks and converts the raw values of a binding: a function that returns the typed value or

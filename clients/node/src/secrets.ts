@@ -40,18 +40,22 @@ export type RotateListener = (credentials: DatabaseCredentials, previous: Databa
  * lease. After a reconnect it re-attaches to the same lease (a different one, if the old is
  * gone, is delivered as a rotation). `close()` releases the lease.
  *
- * Events: `rotate` (new and previous credential), `renew` (the credential with its new expiry),
+ * Events: `rotate` (new and previous credential), `ack` (the rotation was acknowledged: the new
+ * credential and the previous lease id, which the gateway now revokes), `renew` (the credential
+ * with its new expiry),
  * `revoke` (lease id, reason), `status` and `stale` / `fresh` / `unreachable` / `reconnect`,
  * `error` (a listener that threw, a failed acknowledgement), `close`.
  */
 export interface RotatingCredentials {
   on(event: "rotate", listener: RotateListener): this;
+  on(event: "ack", listener: (credentials: DatabaseCredentials, previousLeaseId: string) => void): this;
   on(event: "renew", listener: (credentials: DatabaseCredentials) => void): this;
   on(event: "revoke", listener: (leaseId: string, reason: string) => void): this;
   on(event: "status" | StatusEventName, listener: (status: StreamStatus) => void): this;
   on(event: "error", listener: (error: Error) => void): this;
   on(event: "close", listener: () => void): this;
   once(event: "rotate", listener: RotateListener): this;
+  once(event: "ack", listener: (credentials: DatabaseCredentials, previousLeaseId: string) => void): this;
   once(event: "renew", listener: (credentials: DatabaseCredentials) => void): this;
   once(event: "revoke", listener: (leaseId: string, reason: string) => void): this;
   once(event: "status" | StatusEventName, listener: (status: StreamStatus) => void): this;
@@ -142,6 +146,7 @@ export class RotatingCredentials extends LiveStream<DatabaseCredentials> {
         pb.SecretsService.ackRotation,
         pb.AckRotationRequest.fromPartial({ watchId: rotation.watchId, rotationId: rotation.rotationId }),
       );
+      this.safeEmit("ack", rotation.credentials, rotation.previousLeaseId);
     } catch (error) {
       // The gateway revokes the old lease at the grace deadline anyway.
       const reason = error instanceof Error ? error.message : String(error);
@@ -149,11 +154,6 @@ export class RotatingCredentials extends LiveStream<DatabaseCredentials> {
     }
   }
 
-  /** @internal */
-  async start(signal?: AbortSignal): Promise<this> {
-    await this.loop.start(signal);
-    return this;
-  }
 }
 
 /** `client.database`: dynamic database credentials. */

@@ -79,11 +79,6 @@ export class ServiceWatch extends LiveStream<ServiceEvent> {
     return this.view.current;
   }
 
-  /** @internal */
-  async start(signal?: AbortSignal): Promise<this> {
-    await this.loop.start(signal);
-    return this;
-  }
 }
 
 /** `client.services`: healthy instances, live watches and load-balanced picks. */

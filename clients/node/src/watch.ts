@@ -80,7 +80,6 @@ export class StreamLoop<M> {
       await this.close();
       throw error;
     }
-    signal?.addEventListener("abort", () => void this.close(), { once: true });
   }
 
   private markReady(error: LatchkeyError | null): void {
@@ -295,6 +294,14 @@ export abstract class LiveStream<T> extends EventEmitter {
   /** An async listener that rejected (EventEmitter's captureRejections). */
   override [EventEmitter.captureRejectionSymbol](error: unknown): void {
     this.reportError(error instanceof Error ? error : new Error(String(error)));
+  }
+
+  /** @internal Start the stream; resolves once the first event was handled. An abort of
+   * `signal` closes the watch (before the first event: `start` rejects with `Cancelled`). */
+  async start(signal?: AbortSignal): Promise<this> {
+    await this.loop.start(signal);
+    signal?.addEventListener("abort", () => void this.close(), { once: true });
+    return this;
   }
 
   /** The first item an iterator yields: the state the watch holds now. */

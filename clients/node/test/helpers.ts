@@ -120,15 +120,18 @@ export async function nextEvent<T = unknown>(
   predicate: (value: T) => boolean = () => true,
   withinMs = 30_000,
 ): Promise<T> {
-  const signal = AbortSignal.timeout(withinMs);
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), withinMs); // ref'd: keeps the test alive
   try {
     for (;;) {
-      const [value] = (await once(emitter, event, { signal })) as [T];
+      const [value] = (await once(emitter, event, { signal: controller.signal })) as [T];
       if (predicate(value)) return value;
     }
   } catch (err) {
-    if (signal.aborted) throw new Error(`no matching ${event} event within ${withinMs / 1000}s`);
+    if (controller.signal.aborted) throw new Error(`no matching ${event} event within ${withinMs / 1000}s`);
     throw err;
+  } finally {
+    clearTimeout(timer);
   }
 }
 
