@@ -6,7 +6,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { once, type EventEmitter } from "node:events";
 import { openSync, readFileSync, writeFileSync, closeSync, mkdtempSync } from "node:fs";
-import { createServer } from "node:net";
+import { createConnection, createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 
@@ -167,6 +167,10 @@ export interface GatewayOptions {
   mtls?: boolean;
   /** Seconds before an unacknowledged rotation's old lease is revoked anyway. */
   graceSeconds?: number;
+  /** Where the gateway looks for Vault (e.g. a port where nothing listens). */
+  vaultAddr?: string;
+  /** Where the gateway looks for Consul (e.g. a `Relay` to it). */
+  consulAddr?: string;
 }
 
 /** A `latchkey-server serve` process on a fixed port (so it can be restarted on it). */
@@ -186,6 +190,8 @@ export class GatewayProcess {
     config.listen = `127.0.0.1:${port}`;
     config.audit = { sink: join(dir, "audit.log") };
     if (options.graceSeconds !== undefined) config.leases.grace = options.graceSeconds;
+    if (options.vaultAddr !== undefined) config.vault.addr = options.vaultAddr;
+    if (options.consulAddr !== undefined) config.consul.addr = options.consulAddr;
     if (options.mtls) {
       const tls = stack.tlsDir;
       config.insecure = false;
@@ -262,5 +268,46 @@ export class GatewayProcess {
 
   logTail(): string {
     return readFileSync(this.logFile, "utf8").split("\n").slice(-30).join("\n");
+  }
+}
+
+/** A TCP relay (to the shared gateway, or to Consul) that can drop every connection and refuse
+ * new ones: a network partition made with real sockets. */
+export class Relay {
+  private server: Server | null = null;
+  private readonly sockets = new Set<Socket>();
+
+  constructor(
+    readonly port: number,
+    private readonly target: { host: string; port: number },
+  ) {}
+
+  static async start(target: string): Promise<Relay> {
+    const [host, port] = target.replace(/^https?:\/\//, "").split(":");
+    const relay = new Relay(0, { host: host!, port: Number(port) });
+    await relay.listen();
+    return relay;
+  }
+
+  async listen(): Promise<void> {
+    this.server = createServer((inbound) => {
+      const outbound = createConnection(this.target);
+      for (const socket of [inbound, outbound]) {
+        this.sockets.add(socket);
+        socket.on("close", () => this.sockets.delete(socket));
+        socket.on("error", () => socket.destroy());
+      }
+      inbound.pipe(outbound).pipe(inbound);
+    });
+    this.server.listen(this.port, "127.0.0.1");
+    await once(this.server, "listening");
+    (this as { port: number }).port = (this.server.address() as { port: number }).port;
+  }
+
+  /** Drop every connection and stop listening (clients see the gateway as down). */
+  async cut(): Promise<void> {
+    const closed = new Promise((resolve) => this.server?.close(resolve));
+    for (const socket of this.sockets) socket.destroy();
+    await closed;
   }
 }

@@ -2,53 +2,11 @@
  * and never lose an update made while they were cut off. */
 
 import assert from "node:assert/strict";
-import { once } from "node:events";
-import { createConnection, createServer, type Server, type Socket } from "node:net";
 import { after, describe, test } from "node:test";
 
 import { Client, type ConfigEvent, type DatabaseCredentials, type StreamStatus } from "@latchkey/client";
 
-import { canLogin, consulKv, eventually, GatewayProcess, nextEvent, stack, testClient, unique } from "./helpers.js";
-
-/** A TCP relay to the shared gateway that can drop every connection and refuse new ones. */
-class Relay {
-  private server: Server | null = null;
-  private readonly sockets = new Set<Socket>();
-
-  constructor(
-    readonly port: number,
-    private readonly target: { host: string; port: number },
-  ) {}
-
-  static async start(target: string): Promise<Relay> {
-    const [host, port] = target.replace("http://", "").split(":");
-    const relay = new Relay(0, { host: host!, port: Number(port) });
-    await relay.listen();
-    return relay;
-  }
-
-  async listen(): Promise<void> {
-    this.server = createServer((inbound) => {
-      const outbound = createConnection(this.target);
-      for (const socket of [inbound, outbound]) {
-        this.sockets.add(socket);
-        socket.on("close", () => this.sockets.delete(socket));
-        socket.on("error", () => socket.destroy());
-      }
-      inbound.pipe(outbound).pipe(inbound);
-    });
-    this.server.listen(this.port, "127.0.0.1");
-    await once(this.server, "listening");
-    (this as { port: number }).port = (this.server.address() as { port: number }).port;
-  }
-
-  /** Drop every connection and stop listening (clients see the gateway as down). */
-  async cut(): Promise<void> {
-    const closed = new Promise((resolve) => this.server?.close(resolve));
-    for (const socket of this.sockets) socket.destroy();
-    await closed;
-  }
-}
+import { canLogin, consulKv, eventually, GatewayProcess, nextEvent, Relay, stack, testClient, unique } from "./helpers.js";
 
 describe("reconnecting streams", { timeout: 90_000 }, () => {
   const direct = testClient();
