@@ -94,6 +94,10 @@ def _seed(gateway: GatewayHandle, consul_agent: ConsulAgent) -> dict[str, str]:
             default_ttl="3s", max_ttl="6s",
         )  # fmt: skip
     roles["LATCHKEY_TEST_ROLE_ACK"] = "node-ack"
+    vault.secrets.database.create_role(  # the README's role
+        name="myapp-readonly", db_name="demo", creation_statements=READONLY_CREATION,
+        default_ttl="60s", max_ttl="5m",
+    )  # fmt: skip
     seed_consul(consul_agent.http_addr)
     kv = consul.Consul(host="127.0.0.1", port=consul_agent.http_port).kv
     kv.put("config/myapp/log_level", "info")
