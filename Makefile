@@ -30,7 +30,7 @@ install: $(STAMP)
 NODE_DIR := clients/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
-	@bash scripts/ensure-node.sh
+	@bash $(NODE_DIR)/scripts/ensure-node.sh
 	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 

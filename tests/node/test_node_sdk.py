@@ -39,7 +39,7 @@ def _require_node() -> str:
     if shutil.which("node") is None or npm is None:
         pytest.fail(
             "Node.js 20+ and npm are required for the Node SDK tests: install them "
-            "(see scripts/ensure-node.sh), then run `make test`",
+            "(see clients/node/scripts/ensure-node.sh), then run `make test`",
             pytrace=False,
         )
     if not (NODE_DIR / "node_modules" / ".installed").exists():
@@ -87,22 +87,23 @@ def _seed(gateway: GatewayHandle, consul_agent: ConsulAgent) -> dict[str, str]:
         secret={"username": "myapp", "password": "node-readme-password"},
         mount_point="secret",
     )
-    roles = {"LATCHKEY_TEST_ROLE_POOL": "node-pool", "LATCHKEY_TEST_ROLE_WATCH": "node-watch"}
-    for role in [*roles.values(), "node-ack"]:
+    # Short roles rotate every few seconds; long ones are for leases that must outlive a test.
+    roles = {
+        "LATCHKEY_TEST_ROLE_POOL": ("node-pool", "3s", "6s"),
+        "LATCHKEY_TEST_ROLE_ACK": ("node-ack", "3s", "6s"),
+        "LATCHKEY_TEST_ROLE_LONG": ("node-long", "60s", "5m"),
+        "LATCHKEY_TEST_ROLE_README": ("myapp-readonly", "60s", "5m"),
+    }
+    for role, ttl, max_ttl in roles.values():
         vault.secrets.database.create_role(
             name=role, db_name="demo", creation_statements=READONLY_CREATION,
-            default_ttl="3s", max_ttl="6s",
+            default_ttl=ttl, max_ttl=max_ttl,
         )  # fmt: skip
-    roles["LATCHKEY_TEST_ROLE_ACK"] = "node-ack"
-    vault.secrets.database.create_role(  # the README's role
-        name="myapp-readonly", db_name="demo", creation_statements=READONLY_CREATION,
-        default_ttl="60s", max_ttl="5m",
-    )  # fmt: skip
     seed_consul(consul_agent.http_addr)
     kv = consul.Consul(host="127.0.0.1", port=consul_agent.http_port).kv
     kv.put("config/myapp/log_level", "info")
     kv.put("config/myapp/max_connections", "10")
-    return roles
+    return {variable: role for variable, (role, _, _) in roles.items()}
 
 
 async def test_node_sdk(
@@ -128,7 +129,7 @@ async def test_node_sdk(
         "LATCHKEY_TEST_PG_HOST": "127.0.0.1",
         "LATCHKEY_TEST_PG_PORT": str(postgres.port),
         "LATCHKEY_TEST_PG_DATABASE": "demo",
-        "LATCHKEY_TEST_SERVE": json.dumps([str(REPO / ".venv" / "bin" / "latchkey-server"), "serve"]),
+        "LATCHKEY_TEST_SERVE": json.dumps([str(REPO / ".venv/bin/latchkey-server"), "serve"]),
         "LATCHKEY_TEST_GATEWAY_CONFIG": str(config_file),
         "LATCHKEY_TEST_TLS_DIR": str(tls_dir),
         "LATCHKEY_TEST_WORKDIR": str(tmp_path),
@@ -147,8 +148,10 @@ async def test_node_sdk(
     text = out.decode()
     sys.stdout.write(text[-3000:])  # shown with -s or -rA; the summary lines end the output
     assert proc.returncode == 0, f"npm test failed:\n{text[-12000:]}"
-    passed = re.search(r"^ℹ pass (\d+)$", text, flags=re.M)
-    failed = re.search(r"^ℹ fail (\d+)$", text, flags=re.M)
-    assert passed and failed, f"no node:test summary in the output:\n{text[-3000:]}"
+    # The spec reporter's summary lines: "\u2139 pass N" and "\u2139 fail N".
+    passed = re.search(r"^\u2139 pass (\d+)$", text, flags=re.M)
+    failed = re.search(r"^\u2139 fail (\d+)$", text, flags=re.M)
+    assert passed, f"no node:test summary in the output:\n{text[-3000:]}"
+    assert failed, f"no node:test summary in the output:\n{text[-3000:]}"
     assert int(failed.group(1)) == 0
     assert int(passed.group(1)) >= (1 if files else 20), "fewer Node tests ran than expected"

@@ -42,7 +42,8 @@ export const stack = {
       database: need("LATCHKEY_TEST_PG_DATABASE"),
     };
   },
-  role(which: "POOL" | "WATCH" | "ACK"): string {
+  /** POOL and ACK rotate every few seconds; LONG leases last minutes. */
+  role(which: "POOL" | "ACK" | "LONG"): string {
     return need(`LATCHKEY_TEST_ROLE_${which}`);
   },
   get tlsDir(): string {

@@ -19,7 +19,7 @@ describe("reconnecting streams", { timeout: 90_000 }, () => {
     await consulKv.put(`${prefix}/k`, "1");
     try {
       const watch = await client.config.watch(`${prefix}/`);
-      const creds = await client.database.watch("demo-readonly");
+      const creds = await client.database.watch(stack.role("LONG"));
       const before: DatabaseCredentials = creds.current;
       const rotated = nextEvent<DatabaseCredentials>(creds, "rotate");
       const down = nextEvent<StreamStatus>(watch, "unreachable");

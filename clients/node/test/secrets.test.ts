@@ -6,7 +6,7 @@ import { after, describe, test } from "node:test";
 
 import { Cancelled, Client, NotFound, Unauthenticated, Unavailable } from "@latchkey/client";
 
-import { canLogin, freePort, stack, testClient } from "./helpers.js";
+import { canLogin, eventually, freePort, stack, testClient } from "./helpers.js";
 
 describe("secrets and credentials", () => {
   const client = testClient();
@@ -39,14 +39,24 @@ describe("secrets and credentials", () => {
     assert.match(err.message, /does-not-exist|not found/i);
   });
 
-  test("database.credentials logs in and hides the password", async () => {
-    const creds = await client.database.credentials("demo-readonly");
+  test("database.credentials logs in and hides the password; leases lists and revokes", async () => {
+    const creds = await client.database.credentials(stack.role("LONG"));
     assert.match(creds.username, /\S/);
     assert.ok(await canLogin(creds.username, creds.password));
     assert.ok(!inspect(creds).includes(creds.password));
-    const leases = await client.leases.list({ role: "demo-readonly" });
-    assert.ok(leases.some((l) => l.leaseId === creds.leaseId));
+    const leases = await client.leases.list({ role: stack.role("LONG") });
+    assert.ok(leases.some((l) => l.leaseId === creds.leaseId && l.username === creds.username));
     assert.equal(await client.leases.revoke(creds.leaseId, { force: true }), true);
+    assert.equal(await canLogin(creds.username, creds.password), false);
+  });
+
+  test("closing a credential watch releases its lease", async () => {
+    const creds = await client.database.watch(stack.role("LONG"));
+    const { username, password } = creds.current; // a 60 s lease the gateway keeps renewing
+    assert.ok(await canLogin(username, password));
+    await creds.close();
+    assert.equal(creds.closed, true);
+    await eventually(async () => !(await canLogin(username, password)), "the released lease to be revoked");
   });
 
   test("a wrong token is Unauthenticated (not retried)", async () => {
