@@ -87,10 +87,12 @@ def _seed(gateway: GatewayHandle, consul_agent: ConsulAgent) -> dict[str, str]:
         secret={"username": "myapp", "password": "node-readme-password"},
         mount_point="secret",
     )
-    # Short roles rotate every few seconds; long ones are for leases that must outlive a test.
+    # POOL rotates every few seconds. ACK rotates about 7 s after issue and its old login stays
+    # valid about 3 s more (the gateway rotates a third of the TTL before the max TTL), time for
+    # a test to see that only the acknowledgement ends it. LONG and README leases last minutes.
     roles = {
         "LATCHKEY_TEST_ROLE_POOL": ("node-pool", "3s", "6s"),
-        "LATCHKEY_TEST_ROLE_ACK": ("node-ack", "3s", "6s"),
+        "LATCHKEY_TEST_ROLE_ACK": ("node-ack", "10s", "10s"),
         "LATCHKEY_TEST_ROLE_LONG": ("node-long", "60s", "5m"),
         "LATCHKEY_TEST_ROLE_README": ("myapp-readonly", "60s", "5m"),
     }

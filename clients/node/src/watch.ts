@@ -300,7 +300,12 @@ export abstract class LiveStream<T> extends EventEmitter {
    * `signal` closes the watch (before the first event: `start` rejects with `Cancelled`). */
   async start(signal?: AbortSignal): Promise<this> {
     await this.loop.start(signal);
-    signal?.addEventListener("abort", () => void this.close(), { once: true });
+    if (signal !== undefined) {
+      const onAbort = (): void => void this.close();
+      signal.addEventListener("abort", onAbort, { once: true });
+      this.once("close", () => signal.removeEventListener("abort", onAbort)); // long-lived signals
+      if (signal.aborted) onAbort();
+    }
     return this;
   }
 

@@ -70,6 +70,8 @@ describe("over mTLS", { timeout: 120_000 }, () => {
       order.push("listener done");
     });
     creds.once("ack", () => order.push("acknowledged"));
+    const revocations: Array<[string, string]> = [];
+    creds.on("revoke", (leaseId, reason) => revocations.push([leaseId, reason]));
     try {
       await eventually(() => rotated !== null, "a rotation", 30_000);
       const { previous, next } = rotated!;
@@ -80,8 +82,14 @@ describe("over mTLS", { timeout: 120_000 }, () => {
       release();
       await eventually(() => order.length === 3, "the acknowledgement");
       assert.deepEqual(order, ["listener started", "listener done", "acknowledged"]);
-      // The acknowledgement, not the grace deadline, revokes the old login.
-      await eventually(async () => !(await canLogin(previous.username, previous.password)), "the old login to go", 30_000);
+      // The gateway revoked the old lease because it was acknowledged: the grace runs 120 s, and
+      // a lease that had reached its max TTL instead would be reported as "the lease expired".
+      await eventually(() => revocations.some(([id]) => id === previous.leaseId), "the old lease's revocation");
+      assert.deepEqual(
+        revocations.find(([id]) => id === previous.leaseId),
+        [previous.leaseId, "rotated"],
+      );
+      assert.equal(await canLogin(previous.username, previous.password), false);
       assert.ok(await canLogin(next.username, next.password));
     } finally {
       release();
