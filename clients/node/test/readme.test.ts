@@ -79,8 +79,11 @@ function start(code: string, name: string) {
 }
 
 describe("README examples", { timeout: 90_000 }, () => {
-  test("there are the three issue snippets and the others", () => {
-    assert.ok(blocks.length >= 6, `${blocks.length} js blocks`);
+  test("every js block is one of the programs below", () => {
+    const markers = ['secrets.get("myapp/database")', 'services.pick("web")', 'config.watch("config/myapp/")'];
+    markers.push("createPool(creds", "config.bind(", "for await (const event of watch)");
+    assert.equal(blocks.length, markers.length, "a new js block in the README needs a test here");
+    for (const marker of markers) block(marker);
   });
 
   test("read a secret", async () => {
