@@ -8,8 +8,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install consul postgres-bin schemas dev test lint fmt typecheck proto check \
-	unasync unasync-check bench clean
+.PHONY: help install node-deps consul postgres-bin schemas dev test lint fmt typecheck proto \
+	check unasync unasync-check bench clean
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z][a-z-]*:.*## / {printf "make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -21,6 +21,18 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml scripts/install-venv.sh
 	@touch $@
 
 install: $(STAMP) ## create .venv and install both distributions with their dev extras (incl. OpenBao's bao)
+
+# The Node SDK's packages (clients/node), exactly as package-lock.json pins them. Re-runs only
+# when the manifest or the lockfile changes; fails with instructions when Node.js 20+ is missing.
+NODE_DIR := clients/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	@bash $(NODE_DIR)/scripts/ensure-node.sh
+	@echo "==> installing the Node SDK's packages (npm ci in $(NODE_DIR))" >&2
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+node-deps: $(NODE_STAMP) ## install the Node SDK's packages (npm ci from the committed lockfile)
 
 consul: ## provision the real consul binary (LATCHKEY_CONSUL_BIN, PATH, or Debian's package into .cache/)
 	@bash scripts/provision-consul.sh >/dev/null
@@ -34,7 +46,7 @@ schemas: install ## fetch the schemas the deploy tests validate against into .ca
 dev: install consul postgres-bin ## set everything up and run the local stack in the foreground
 	$(VENV)/bin/latchkey-server dev
 
-test: install consul postgres-bin schemas ## set everything up and run the whole test suite (PYTEST_ARGS=...)
+test: install node-deps consul postgres-bin schemas ## set everything up and run the whole test suite (PYTEST_ARGS=...)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: install ## ruff check, ruff format --check, mypy --strict
@@ -49,8 +61,9 @@ fmt: install ## apply ruff's formatting and fixes
 typecheck: install ## mypy --strict on server/ and clients/python/
 	$(VENV)/bin/mypy
 
-proto: install ## regenerate the latchkey.v1 stubs from proto/ (never edit them by hand)
+proto: install node-deps ## regenerate the latchkey.v1 stubs (Python and Node) from proto/ (never by hand)
 	bash scripts/gen-proto.sh
+	bash scripts/gen-proto-node.sh
 
 unasync: install ## regenerate the SDK's blocking client (_sync/) from the asyncio one (_async/)
 	$(PY) scripts/unasync.py

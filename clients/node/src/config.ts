@@ -1,0 +1,225 @@
+/** Live configuration from Consul KV: `client.config`. */
+
+import { EventEmitter } from "node:events";
+
+import * as convert from "./convert.js";
+import * as pb from "./gen/latchkey/v1/config.js";
+import type { ConfigEntry, ConfigEvent, StreamStatus } from "./models.js";
+import type { CallOptions, Transport } from "./transport.js";
+import { fieldValues, ConfigView } from "./views.js";
+import { LiveStream, type StatusEventName, StreamLoop } from "./watch.js";
+
+/** Options of `config.watch` and `config.bind`. */
+export interface WatchOptions {
+  /** Closes the watch when it aborts (before the first event: the call rejects with `Cancelled`). */
+  signal?: AbortSignal | undefined;
+}
+
+/**
+ * A live view of the keys under a prefix. `current` always holds the full state.
+ *
+ * Events: `change` (a `ConfigEvent`: a snapshot or a change, with every entry after it),
+ * `status` and `stale` / `fresh` / `unreachable` / `reconnect` (a `StreamStatus`), `error`.
+ * After a reconnect the stream resumes from the last index it saw, so no update is lost.
+ */
+export interface ConfigWatch {
+  on(event: "change", listener: (event: ConfigEvent) => void): this;
+  on(event: "status" | StatusEventName, listener: (status: StreamStatus) => void): this;
+  on(event: "error", listener: (error: Error) => void): this;
+  once(event: "change", listener: (event: ConfigEvent) => void): this;
+  once(event: "status" | StatusEventName, listener: (status: StreamStatus) => void): this;
+  once(event: "error", listener: (error: Error) => void): this;
+  on(event: "close", listener: () => void): this;
+  once(event: "close", listener: () => void): this;
+}
+
+export class ConfigWatch extends LiveStream<ConfigEvent> {
+  protected readonly loop: StreamLoop<pb.ConfigEvent>;
+  private readonly view = new ConfigView();
+
+  constructor(
+    transport: Transport,
+    readonly prefix: string,
+  ) {
+    super(`config watch ${prefix}`);
+    this.loop = new StreamLoop<pb.ConfigEvent>({
+      name: this.name,
+      open: () =>
+        transport.stream(
+          pb.ConfigService.watch,
+          pb.WatchConfigRequest.fromPartial({ prefix, resumeIndex: this.view.resumeIndex }),
+        ),
+      onMessage: (message) => {
+        for (const item of this.view.apply(message)) {
+          if ("entries" in item) this.publish(item, "change");
+          else this.publishStatus(item);
+        }
+      },
+      onStatus: (status) => this.publishStatus(status),
+      onError: (error) => this.reportError(error),
+      failover: (index) => transport.failover(index),
+      address: () => transport.address,
+    });
+  }
+
+  /** The state after the last event (set once `watch()` has resolved). */
+  get current(): ConfigEvent {
+    return this.view.current!;
+  }
+
+  /** Every key under the prefix now. */
+  get entries(): Readonly<Record<string, ConfigEntry>> {
+    return this.view.entries;
+  }
+
+  protected initial(): ConfigEvent | null {
+    return this.view.current;
+  }
+
+}
+
+/** Checks and converts the raw values of a binding: a function that returns the typed value or
+ * throws, or any schema with a `parse` method (a zod schema, for instance). */
+export type Validator<T> = ((raw: Record<string, unknown>) => T) | { parse(raw: unknown): T };
+
+function validate<T>(validator: Validator<T>, raw: Record<string, unknown>): T {
+  return typeof validator === "function" ? validator(raw) : validator.parse(raw);
+}
+
+/**
+ * A typed value that follows the keys under a prefix. `value` is always the last value that
+ * passed validation; an update that fails keeps it and is reported as `error`.
+ *
+ * Events: `update` (the new value and the previous one), `error` (a validation failure; without
+ * a listener it becomes a process warning), and the watch's `status` events.
+ */
+export interface Binding<T> {
+  on(event: "update", listener: (value: T, previous: T) => void): this;
+  on(event: "error", listener: (error: unknown) => void): this;
+  on(event: "status" | StatusEventName, listener: (status: StreamStatus) => void): this;
+  once(event: "update", listener: (value: T, previous: T) => void): this;
+  once(event: "error", listener: (error: unknown) => void): this;
+  once(event: "status" | StatusEventName, listener: (status: StreamStatus) => void): this;
+}
+
+export class Binding<T> extends EventEmitter {
+  private last: T;
+
+  /** @internal */
+  constructor(
+    readonly prefix: string,
+    private readonly watch: ConfigWatch,
+    private readonly validator: Validator<T>,
+    first: T,
+  ) {
+    super();
+    this.last = first;
+    watch.on("change", (event) => this.update(event));
+    for (const name of ["status", "stale", "fresh", "unreachable", "reconnect"] as const) {
+      watch.on(name, (status) => this.emit(name, status));
+    }
+    watch.on("error", (error) => this.report(error));
+  }
+
+  /** The last valid value. */
+  get value(): T {
+    return this.last;
+  }
+
+  private update(event: ConfigEvent): void {
+    let next: T;
+    try {
+      next = validate(this.validator, fieldValues(this.prefix, event.entries));
+    } catch (error) {
+      this.report(error);
+      return;
+    }
+    const previous = this.last;
+    this.last = next;
+    this.emit("update", next, previous);
+  }
+
+  private report(error: unknown): void {
+    if (this.listenerCount("error") > 0) this.emit("error", error);
+    else
+      process.emitWarning(`latchkey binding ${this.prefix}: an update failed validation; keeping the last good value`, {
+        code: "LATCHKEY_BIND",
+      });
+  }
+
+  /** Stop following the keys. */
+  async close(): Promise<void> {
+    await this.watch.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+/** `client.config`: read, list, watch and bind Consul KV keys. */
+export class Config {
+  private readonly open = new Set<ConfigWatch>();
+
+  /** @internal */
+  constructor(private readonly transport: Transport) {}
+
+  /** One key. Rejects with `NotFound` when it does not exist. */
+  async get(key: string, options?: CallOptions): Promise<ConfigEntry> {
+    const resp = await this.transport.unary(pb.ConfigService.get, pb.GetConfigRequest.fromPartial({ key }), options);
+    if (resp.entry === undefined) throw new TypeError(`the gateway sent no entry for ${key}`);
+    return convert.configEntry(resp.entry);
+  }
+
+  /** Every key under `prefix` (possibly none). */
+  async list(prefix: string, options?: CallOptions): Promise<ConfigEntry[]> {
+    const resp = await this.transport.unary(
+      pb.ConfigService.list,
+      pb.ListConfigRequest.fromPartial({ prefix }),
+      options,
+    );
+    return resp.entries.map(convert.configEntry);
+  }
+
+  /**
+   * Watch every key under `prefix`. Resolves once the first snapshot arrived (`watch.current`);
+   * rejects with the first error (`PermissionDenied`, ...) if the stream cannot start. The
+   * stream reconnects on its own and resumes from the last index. Close it with `close()`.
+   */
+  async watch(prefix: string, options: WatchOptions = {}): Promise<ConfigWatch> {
+    const watch = new ConfigWatch(this.transport, prefix);
+    this.open.add(watch);
+    watch.once("close", () => this.open.delete(watch));
+    try {
+      return await watch.start(options.signal);
+    } catch (error) {
+      await watch.close();
+      throw error;
+    }
+  }
+
+  /**
+   * A typed value that follows the keys under `prefix`. Keys map to fields by their path below
+   * the prefix (`<prefix>/pool_size` → `pool_size`); values are decoded as JSON when they parse,
+   * else used as text. The first snapshot must validate (else the call rejects with the
+   * validator's error); later invalid updates keep the last good value and emit `error`.
+   */
+  async bind<T>(prefix: string, validator: Validator<T>, options: WatchOptions = {}): Promise<Binding<T>> {
+    const watch = await this.watch(prefix, options);
+    let first: T;
+    try {
+      first = validate(validator, fieldValues(prefix, watch.entries));
+    } catch (error) {
+      await watch.close();
+      throw error;
+    }
+    return new Binding(prefix, watch, validator, first);
+  }
+
+  /** @internal Close every watch and binding. */
+  async closeAll(): Promise<void> {
+    const watches = [...this.open];
+    this.open.clear();
+    await Promise.all(watches.map((w) => w.close()));
+  }
+}

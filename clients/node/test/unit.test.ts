@@ -1,0 +1,314 @@
+/** Pieces without I/O: settings, the error table, backoff, stream views, bindings, the bounded
+ * iterator queue and the public surface. (Each behaviour also runs end to end in the other
+ * test files, against the real gateway.) */
+
+import assert from "node:assert/strict";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { inspect } from "node:util";
+import { describe, test } from "node:test";
+
+import * as grpc from "@grpc/grpc-js";
+
+import * as sdk from "@latchkey/client";
+import {
+  Cancelled,
+  ConfigurationError,
+  DatabaseCredentials,
+  Internal,
+  LatchkeyError,
+  NoHealthyInstances,
+  NotFound,
+  ResourceExhausted,
+  StatusError,
+  TransportError,
+  Unavailable,
+} from "@latchkey/client";
+import { UpstreamState } from "#internal/gen/latchkey/v1/common.js";
+import { ChangeType, ConfigEvent as PbConfigEvent } from "#internal/gen/latchkey/v1/config.js";
+import { CredentialEvent } from "#internal/gen/latchkey/v1/secrets.js";
+import { Backoff } from "#internal/retry.js";
+import { resolveSettings } from "#internal/settings.js";
+import { translate } from "#internal/transport.js";
+import { ConfigView, CredentialView, fieldValues } from "#internal/views.js";
+import { EventQueue } from "#internal/watch.js";
+
+describe("settings", () => {
+  const dir = mkdtempSync(join(tmpdir(), "latchkey-settings-"));
+  const pem = join(dir, "ca.pem");
+  writeFileSync(pem, "-----BEGIN CERTIFICATE-----\n");
+
+  test("LATCHKEY_* fill what the options leave out; options win", () => {
+    const env = { LATCHKEY_ADDR: "gw1:7400, http://gw2:7400", LATCHKEY_TOKEN: "from-env", LATCHKEY_CACERT: pem };
+    const fromEnv = resolveSettings({ env });
+    assert.deepEqual(fromEnv.endpoints, [
+      { target: "gw1:7400", tls: true },
+      { target: "gw2:7400", tls: false },
+    ]);
+    assert.equal(fromEnv.token, "from-env");
+    assert.equal(fromEnv.cacert?.toString(), "-----BEGIN CERTIFICATE-----\n");
+    const explicit = resolveSettings({ env, addr: ["https://a:1", "b:2"], token: "explicit", timeoutMs: 500 });
+    assert.deepEqual(
+      explicit.endpoints.map((e) => [e.target, e.tls]),
+      [
+        ["a:1", true],
+        ["b:2", true],
+      ],
+    );
+    assert.equal(explicit.token, "explicit");
+    assert.equal(explicit.timeoutMs, 500);
+  });
+
+  test("plaintext only for http:// or insecure", () => {
+    assert.equal(resolveSettings({ addr: "127.0.0.1:7400", env: {} }).endpoints[0]?.tls, true);
+    assert.equal(resolveSettings({ addr: "http://127.0.0.1:7400", env: {} }).endpoints[0]?.tls, false);
+    assert.equal(resolveSettings({ addr: "https://h:1", insecure: true, env: {} }).endpoints[0]?.tls, false);
+  });
+
+  test("mistakes are ConfigurationErrors that say what to fix", () => {
+    assert.throws(() => resolveSettings({ env: {} }), /LATCHKEY_ADDR/);
+    assert.throws(() => resolveSettings({ addr: " , ", env: {} }), ConfigurationError);
+    assert.throws(() => resolveSettings({ addr: "consul://agent/latchkey", env: {} }), /unsupported address/);
+    assert.throws(() => resolveSettings({ addr: "gateway", env: {} }), /no port/);
+    assert.throws(() => resolveSettings({ addr: "h:1", clientCert: pem, env: {} }), /needs its key/);
+    assert.throws(() => resolveSettings({ addr: "h:1", cacert: join(dir, "missing.pem"), env: {} }), /ENOENT/);
+    assert.throws(() => resolveSettings({ addr: "h:1", timeoutMs: 0, env: {} }), /positive/);
+  });
+
+  test("PEM contents can be given as buffers", () => {
+    const s = resolveSettings({ addr: "h:1", clientCert: Buffer.from("c"), clientKey: Buffer.from("k"), env: {} });
+    assert.equal(s.clientCert?.toString(), "c");
+    assert.equal(s.clientKey?.toString(), "k");
+  });
+});
+
+describe("errors", () => {
+  test("the tree, and a class per gRPC code", () => {
+    assert.ok(new NotFound("x") instanceof StatusError);
+    assert.ok(new NoHealthyInstances("x") instanceof NotFound);
+    assert.ok(new Cancelled("x") instanceof TransportError);
+    assert.ok(new ConfigurationError("x") instanceof LatchkeyError);
+    assert.equal(LatchkeyError.forCode("NOT_FOUND"), NotFound);
+    assert.equal(LatchkeyError.forCode("UNAVAILABLE"), Unavailable);
+    assert.equal(LatchkeyError.forCode("DATA_LOSS"), Internal);
+    assert.equal(new NotFound("x").name, "NotFound");
+    assert.equal(new Unavailable("x").code, "UNAVAILABLE");
+  });
+
+  test("translate maps status codes and reads the retry-after trailer", () => {
+    const metadata = new grpc.Metadata();
+    metadata.set("retry-after", "2");
+    const unavailable = translate({ code: grpc.status.UNAVAILABLE, details: "Vault is down", metadata });
+    assert.ok(unavailable instanceof Unavailable);
+    assert.equal(unavailable.retryAfterMs, 2_000);
+    assert.equal(unavailable.message, "Vault is down");
+    const other = translate({ code: grpc.status.UNIMPLEMENTED, details: "", metadata: new grpc.Metadata() });
+    assert.ok(other instanceof Internal);
+    assert.equal(other.code, "UNIMPLEMENTED");
+    assert.match(other.message, /UNIMPLEMENTED/);
+    assert.ok(translate(new Error("boom")) instanceof Internal);
+  });
+});
+
+describe("backoff", () => {
+  test("full jitter below the cap, never below retry-after (itself capped)", () => {
+    const backoff = new Backoff(100, 2_000);
+    for (let attempt = 0; attempt < 8; attempt++) {
+      const cap = Math.min(2_000, 100 * 2 ** attempt);
+      for (let i = 0; i < 50; i++) {
+        const wait = backoff.delayMs(attempt);
+        assert.ok(wait >= 0 && wait <= cap);
+        assert.ok(backoff.delayMs(attempt, 1_000) >= 1_000);
+        assert.ok(backoff.delayMs(attempt, 60_000) <= 2_000);
+      }
+    }
+  });
+});
+
+const freshness = (stale: boolean) => ({
+  index: 7n,
+  age: undefined,
+  stale,
+  upstream: stale ? UpstreamState.UPSTREAM_STATE_UNREACHABLE : UpstreamState.UPSTREAM_STATE_CONNECTED,
+  lastContact: undefined,
+});
+const entry = (key: string, value: string, index: bigint) => ({
+  key,
+  value: Buffer.from(value),
+  createIndex: index,
+  modifyIndex: index,
+  flags: 0n,
+});
+
+describe("config view", () => {
+  test("snapshots, changes, resume index and stale/fresh once per change", () => {
+    const view = new ConfigView();
+    const first = view.apply(
+      PbConfigEvent.fromPartial({
+        event: { $case: "snapshot", value: { entries: [entry("p/a", "1", 5n)], index: 5n, freshness: freshness(false) } },
+      }),
+    );
+    assert.equal(first.length, 1);
+    assert.equal(view.resumeIndex, 5n);
+    view.apply(
+      PbConfigEvent.fromPartial({
+        event: {
+          $case: "change",
+          value: {
+            changes: [
+              { type: ChangeType.CHANGE_TYPE_PUT, key: "p/b", entry: entry("p/b", "2", 6n) },
+              { type: ChangeType.CHANGE_TYPE_DELETE, key: "p/a" },
+            ],
+            index: 6n,
+            freshness: freshness(false),
+          },
+        },
+      }),
+    );
+    assert.deepEqual(Object.keys(view.entries), ["p/b"]);
+    assert.equal(view.resumeIndex, 6n);
+    const heartbeat = (stale: boolean) =>
+      view.apply(PbConfigEvent.fromPartial({ event: { $case: "heartbeat", value: { freshness: freshness(stale) } } }));
+    assert.deepEqual(
+      heartbeat(true).map((s) => ("kind" in s ? s.kind : "")),
+      ["stale"],
+    );
+    assert.deepEqual(heartbeat(true), []); // once per change
+    assert.deepEqual(
+      heartbeat(false).map((s) => ("kind" in s ? s.kind : "")),
+      ["fresh"],
+    );
+    // A snapshot after a reconnect reports what differs from before.
+    const again = view.apply(
+      PbConfigEvent.fromPartial({
+        event: {
+          $case: "snapshot",
+          value: { entries: [entry("p/b", "2", 6n), entry("p/c", "3", 8n)], index: 8n, freshness: freshness(false) },
+        },
+      }),
+    );
+    const event = again[0] as sdk.ConfigEvent;
+    assert.deepEqual(
+      event.changes.map((c) => `${c.type} ${c.key}`),
+      ["put p/c"],
+    );
+  });
+
+  test("fieldValues maps keys to fields and decodes JSON", () => {
+    const entries = {
+      "config/app/pool_size": { ...entry("config/app/pool_size", "4", 1n), text: "4" },
+      "config/app/log-level": { ...entry("config/app/log-level", "info", 1n), text: "info" },
+      "config/app/db/host": { ...entry("config/app/db/host", '"h"', 1n), text: '"h"' },
+      "config/app/__proto__": { ...entry("config/app/__proto__", '{"polluted":true}', 1n), text: '{"polluted":true}' },
+    } as unknown as Record<string, sdk.ConfigEntry>;
+    const values = fieldValues("config/app/", entries);
+    assert.equal(values["pool_size"], 4);
+    assert.equal(values["log_level"], "info");
+    assert.equal(values["db__host"], "h");
+    assert.deepEqual(Object.getOwnPropertyDescriptor(values, "__proto__")?.value, { polluted: true });
+    assert.equal(Object.getPrototypeOf(values), Object.prototype);
+  });
+});
+
+describe("credential view", () => {
+  const cred = (lease: string) => ({
+    username: `u-${lease}`,
+    password: "p",
+    leaseId: lease,
+    leaseExpiresAt: new Date(1_000),
+    maxTtlDeadline: undefined,
+    renewable: true,
+    role: "r",
+    issuedAt: undefined,
+  });
+
+  test("issued, renewed, rotation, revoked and heartbeat freshness", () => {
+    const view = new CredentialView("r");
+    const issued = view.apply(CredentialEvent.fromPartial({ watchId: "w", event: { $case: "issued", value: { credential: cred("l1") } } }));
+    assert.equal(issued?.kind, "issued");
+    const renewed = view.apply(
+      CredentialEvent.fromPartial({ event: { $case: "renewed", value: { leaseId: "l1", leaseExpiresAt: new Date(5_000) } } }),
+    );
+    assert.equal(renewed?.kind, "renewed");
+    assert.equal(view.current?.expiresAt?.getTime(), 5_000);
+    assert.equal(view.current?.password, "p");
+    const rotation = view.apply(
+      CredentialEvent.fromPartial({
+        watchId: "w",
+        event: { $case: "rotation", value: { credential: cred("l2"), rotationId: "r1", previousLeaseId: "l1" } },
+      }),
+    );
+    assert.equal(rotation?.kind, "rotation");
+    assert.equal(view.leaseId, "l2");
+    const revoked = view.apply(CredentialEvent.fromPartial({ event: { $case: "revoked", value: { leaseId: "l2", reason: "x" } } }));
+    assert.equal(revoked?.kind === "revoked" && revoked.status?.kind, "stale");
+    const stale = view.apply(
+      CredentialEvent.fromPartial({ event: { $case: "heartbeat", value: { freshness: freshness(true) } } }),
+    );
+    assert.equal(stale?.kind === "status" && stale.status.kind, "stale");
+  });
+});
+
+describe("values", () => {
+  test("a credential's password stays out of inspect and JSON", () => {
+    const creds = new DatabaseCredentials({
+      username: "u",
+      password: "hunter2",
+      leaseId: "l",
+      expiresAt: null,
+      maxTtlDeadline: null,
+      renewable: false,
+      role: "r",
+      issuedAt: null,
+    });
+    assert.equal(creds.password, "hunter2");
+    assert.ok(!inspect(creds).includes("hunter2"));
+    assert.ok(!JSON.stringify(creds).includes("hunter2"));
+    assert.equal(creds.with({ role: "s" }).password, "hunter2");
+  });
+
+  test("the iterator queue is bounded: falling behind fails it, never drops silently", async () => {
+    const queue = new EventQueue<number>(() => undefined, 3);
+    for (const n of [1, 2, 3, 4]) queue.push(n);
+    assert.deepEqual(await queue.next(), { value: 1, done: false });
+    assert.deepEqual(await queue.next(), { value: 2, done: false });
+    assert.deepEqual(await queue.next(), { value: 3, done: false });
+    await assert.rejects(queue.next(), ResourceExhausted);
+    assert.deepEqual(await queue.next(), { value: undefined, done: true });
+  });
+});
+
+test("the public surface", () => {
+  assert.deepEqual(Object.keys(sdk).sort(), [
+    "Binding",
+    "Cancelled",
+    "Client",
+    "Config",
+    "ConfigWatch",
+    "ConfigurationError",
+    "Database",
+    "DatabaseCredentials",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "Internal",
+    "InvalidArgument",
+    "LatchkeyError",
+    "Leases",
+    "NoHealthyInstances",
+    "NotFound",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "RotatingCredentials",
+    "Secret",
+    "Secrets",
+    "ServiceWatch",
+    "Services",
+    "StatusCode",
+    "StatusError",
+    "TransportError",
+    "Unauthenticated",
+    "Unavailable",
+    "VERSION",
+  ]);
+});
