@@ -85,3 +85,12 @@ def test_a_half_unpacked_consul_is_provisioned_again(clone: Path) -> None:
     assert result.stdout.strip().splitlines()[-1] == str(binary)
     version = subprocess.run([str(binary), "version"], capture_output=True, text=True, check=True)
     assert version.stdout.startswith("Consul v")
+
+
+def test_the_readme_lists_every_make_target() -> None:
+    makefile = (REPO / "Makefile").read_text()
+    targets = set(re.findall(r"^([a-z][a-z-]*):", makefile, re.MULTILINE))
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Make targets") :]
+    section = section[: section.index("\n## ", 1)]
+    assert set(re.findall(r"^\| `make ([a-z-]+)`", section, re.MULTILINE)) == targets
