@@ -163,8 +163,10 @@ class KeyChange:
     """The new entry for puts; None for deletes."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class ConfigSnapshot:
+    """Every key under a prefix. One object is shared by the streams that receive it."""
+
     entries: tuple[ConfigEntry, ...]
     index: int
     freshness: Freshness

@@ -33,6 +33,7 @@ from latchkey_server.models import utcnow
 from latchkey_server.observability.collector import GatewayCollector
 from latchkey_server.observability.health import Dependency, HealthMonitor
 from latchkey_server.observability.telemetry import Telemetry
+from latchkey_server.transport.flow import FlowLimits
 from latchkey_server.transport.grpc_server import (
     CONFIG_SERVICE,
     DISCOVERY_SERVICE,
@@ -100,6 +101,7 @@ def build_components(settings: Settings, telemetry: Telemetry) -> Components:
             consul,
             heartbeat_interval=settings.heartbeat_interval,
             stale_limit=settings.cache.stale_limit,
+            queue_bytes=settings.limits.stream_queue_bytes,
             watch_settings=watch,
         ),
         discovery=DiscoveryHub(
@@ -213,11 +215,13 @@ class Gateway:
             audit=self.audit,
             limiter=self._limiter,
             telemetry=self.telemetry,
+            flow=FlowLimits(
+                snapshot_bytes=self.settings.limits.snapshot_bytes,
+                identity_bytes=self.settings.limits.identity_queue_bytes,
+                stall_timeout=self.settings.limits.stall_timeout,
+            ),
         )
-        try:
-            self.port = await self._grpc.start(self.settings.listen, self._tls)
-        except OSError as exc:
-            raise InvalidArgument(str(exc)) from exc
+        self.port = await self._grpc.start(self.settings.listen, self._tls)
         if self._tls is None:
             log.warning("serving PLAINTEXT gRPC (insecure); use TLS anywhere but loopback")
         if self.policies is not None:

@@ -58,6 +58,13 @@ def diff_entries(old: dict[str, ConfigEntry], new: dict[str, ConfigEntry]) -> li
     return changes
 
 
+def weigh(event: ConfigDelta) -> int:
+    """Approximate bytes an event holds (keys and values), for the per-stream queue bound."""
+    if isinstance(event, ConfigSnapshot):
+        return sum(len(e.key) + len(e.value) for e in event.entries)
+    return sum(len(c.key) + (len(c.entry.value) if c.entry else 0) for c in event.changes)
+
+
 def _validate(what: str, value: str) -> None:
     if value.startswith("/"):
         raise InvalidArgument(f"a config {what} must not start with '/'")
@@ -81,6 +88,7 @@ class _PrefixTopic(WatchedTopic[ConfigDelta, list[ConfigEntry]]):
         """(index before the change, the change), oldest first."""
         self.covered_from = 0
         """History can bring a client at any index >= this up to date."""
+        self._snapshot: ConfigSnapshot | None = None
 
     def apply(self, index: int, payload: list[ConfigEntry], changed: bool, reset: bool) -> None:
         if not self.loaded or reset:
@@ -94,6 +102,7 @@ class _PrefixTopic(WatchedTopic[ConfigDelta, list[ConfigEntry]]):
             return
         new = {entry.key: entry for entry in payload}
         old, self.entries = self.entries, new
+        self._snapshot = None
         if not self.loaded:
             return
         changes = diff_entries(old, new)
@@ -108,8 +117,14 @@ class _PrefixTopic(WatchedTopic[ConfigDelta, list[ConfigEntry]]):
         self.broadcast(event)
 
     def snapshot(self) -> ConfigSnapshot:
+        """The current state; one shared object until the state or its freshness changes."""
+        fresh = self.freshness()
+        cached = self._snapshot
+        if cached is not None and cached.index == self.index and cached.freshness == fresh:
+            return cached
         entries = tuple(self.entries[key] for key in sorted(self.entries))
-        return ConfigSnapshot(entries, self.index, self.freshness())
+        self._snapshot = ConfigSnapshot(entries, self.index, fresh)
+        return self._snapshot
 
     def catch_up(self, resume_index: int, limit: int) -> list[ConfigDelta]:
         """What a client at `resume_index` needs: nothing, missed changes, or a snapshot."""
@@ -137,6 +152,7 @@ class ConfigHub:
         history: int = 1000,
         linger: float = 5.0,
         queue_size: int = 256,
+        queue_bytes: int = 8 << 20,
         read_cache_size: int = 1024,
         watch_settings: WatchSettings | None = None,
     ) -> None:
@@ -145,6 +161,8 @@ class ConfigHub:
         self.stale_limit = stale_limit
         self.history = history
         self.queue_size = queue_size
+        self.queue_bytes = queue_bytes
+        """Bytes of changes one subscriber may have queued before it is resynced instead."""
         self._settings = watch_settings or WatchSettings()
         self._topics: TopicRegistry[str, _PrefixTopic] = TopicRegistry(
             self._new_topic, linger=linger
@@ -284,7 +302,9 @@ class ConfigHub:
     ) -> AsyncGenerator[ConfigSnapshot | ConfigChange | Heartbeat, None]:
         self._check_open()
         topic = self._topics.acquire(prefix)
-        sub: Subscriber[ConfigDelta] = Subscriber(self.queue_size)
+        sub: Subscriber[ConfigDelta] = Subscriber(
+            self.queue_size, max_bytes=self.queue_bytes, weigh=weigh
+        )
         try:
             await topic.wait_usable(self.stale_limit, f"config under prefix {prefix!r}")
             for missed in topic.catch_up(resume_index, self.queue_size // 2):
