@@ -35,7 +35,6 @@ from latchkey_server.errors import (
     InvalidArgument,
     LatchkeyError,
     NotFound,
-    PermissionDenied,
     Unavailable,
 )
 from latchkey_server.models import (
@@ -52,6 +51,11 @@ from latchkey_server.observability.telemetry import Telemetry
 from latchkey_server.upstreams.vault_port import VaultUpstream
 
 log = logging.getLogger("latchkey.brokers.leases")
+
+
+def no_such_lease(lease_id: str) -> str:
+    """The one message for a lease the caller may not act on (missing, or someone else's)."""
+    return f"no lease {lease_id} held by the gateway for this caller"
 
 
 class LeaseBroker(LeaseEngine):
@@ -228,7 +232,7 @@ class LeaseBroker(LeaseEngine):
             raise NotFound(f"rotation {rotation_id} is unknown or already complete")
         old = rotation.old
         if old.identity != identity or watch_id not in rotation.watchers:
-            raise NotFound(f"watch {watch_id} did not receive rotation {rotation_id}")
+            raise NotFound(f"rotation {rotation_id} is unknown or already complete")
         rotation.awaiting.discard(watch_id)
         rotation.acked.add(watch_id)
         watch = self._watches.get(watch_id)
@@ -304,10 +308,12 @@ class LeaseBroker(LeaseEngine):
 
     def _held(self, identity: str, lease_id: str, *, force: bool) -> Lease:
         lease = self._leases.get(lease_id)
-        if lease is None or lease.done or (lease.lost and not lease.streams):
-            raise NotFound(f"lease {lease_id} is not held by the gateway")
-        if lease.identity != identity and not force:
-            raise PermissionDenied(f"lease {lease_id} is not held by the caller")
+        gone = lease is None or lease.done or (lease.lost and not lease.streams)
+        if gone or (lease is not None and lease.identity != identity and not force):
+            # One answer whether the lease does not exist or belongs to someone else: the
+            # caller learns nothing about other identities' leases.
+            raise NotFound(no_such_lease(lease_id))
+        assert lease is not None
         return lease
 
     def _hold_unary(self, lease: Lease, *, extra: bool = True) -> None:
