@@ -170,6 +170,10 @@ class ConfigSnapshot:
     entries: tuple[ConfigEntry, ...]
     index: int
     freshness: Freshness
+    epoch: str = ""
+    """Indexes compare only within one epoch (a new one starts when Consul's index resets)."""
+    reset: bool = False
+    """This snapshot replaces state the client held (resume refused, backlog, new epoch)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +220,10 @@ class InstanceSet:
     instances: tuple[Instance, ...]
     index: int
     freshness: Freshness
+    epoch: str = ""
+    """Indexes compare only within one epoch (a new one starts when Consul's index resets)."""
+    reset: bool = False
+    """Sent because a new epoch started (even if the instances did not change)."""
 
 
 ServiceEvent = InstanceSet | Heartbeat

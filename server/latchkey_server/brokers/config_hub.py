@@ -1,9 +1,18 @@
 """Consul KV fanned out to many subscribers: one blocking query per distinct prefix.
 
 A watch stream starts with a `ConfigSnapshot` of every key under its prefix (or, with a
-`resume_index` the hub's history still covers, the missed `ConfigChange`s), then yields one
-`ConfigChange` per upstream change, interleaved with `Heartbeat`s. A subscriber too slow to keep
-up has its queued changes replaced by a fresh snapshot; nothing is lost silently.
+`resume_index` and `resume_epoch` the hub's history provably covers, the missed
+`ConfigChange`s), then yields one `ConfigChange` per upstream change, interleaved with
+`Heartbeat`s. A subscriber too slow to keep up has its queued changes replaced by a fresh
+snapshot; nothing is lost silently.
+
+Epochs: indexes are comparable only within one epoch of a prefix's watch. A watch starts a new
+epoch when it starts and whenever Consul's index does not move forward across a change (a
+restarted `-dev` agent, a restored snapshot). A resume from another epoch, or from an index the
+history does not cover, gets a snapshot flagged `reset`; at a new epoch every open stream gets
+one too (instead of a change), carrying the new epoch. Within one epoch the history holds the
+watch's own successive states, so replaying it from any index it covers is exact, even across
+an outage during which Consul restarted and moved past the old index.
 
 Watches beyond the adapter's blocking capacity are not queued for a blocking slot: they are
 "overflow" watches, all covered by one shared blocking query on their longest common prefix,
@@ -17,6 +26,7 @@ Unsubscribe by closing the stream: `async with contextlib.aclosing(hub.watch(p))
 from __future__ import annotations
 
 import collections
+import secrets
 from collections.abc import AsyncGenerator
 
 from latchkey_server.brokers._overflow import KvShared, OverflowMember, kv_fingerprint
@@ -58,6 +68,10 @@ def diff_entries(old: dict[str, ConfigEntry], new: dict[str, ConfigEntry]) -> li
     return changes
 
 
+def new_epoch() -> str:
+    return secrets.token_hex(8)
+
+
 def weigh(event: ConfigDelta) -> int:
     """Approximate bytes an event holds (keys and values), for the per-stream queue bound."""
     if isinstance(event, ConfigSnapshot):
@@ -88,47 +102,60 @@ class _PrefixTopic(WatchedTopic[ConfigDelta, list[ConfigEntry]]):
         """(index before the change, the change), oldest first."""
         self.covered_from = 0
         """History can bring a client at any index >= this up to date."""
-        self._snapshot: ConfigSnapshot | None = None
+        self._snapshots: dict[bool, ConfigSnapshot] = {}
+        self.epoch = new_epoch()
+        """Indexes compare only within one epoch (see the module docstring)."""
 
     def apply(self, index: int, payload: list[ConfigEntry], changed: bool, reset: bool) -> None:
+        previous_index = self.index
+        # A change whose index did not move forward cannot be ordered after what came before:
+        # like an index that went backwards, it starts a new epoch.
+        reset = reset or (self.loaded and changed and index <= previous_index)
         if not self.loaded or reset:
-            # First load, or the index went backwards (restore / restarted agent): the history
-            # no longer describes a path to the present.
             self.history.clear()
             self.covered_from = index
-        previous_index = self.index
+            self.epoch = new_epoch()
+            self._snapshots.clear()
         self.index = index
-        if not changed:
+        if not changed and not reset:
             return
         new = {entry.key: entry for entry in payload}
         old, self.entries = self.entries, new
-        self._snapshot = None
+        self._snapshots.clear()
         if not self.loaded:
+            return
+        if reset:
+            # Open streams learn the new epoch from a full snapshot, whatever changed.
+            self.broadcast(self.snapshot(reset=True))
             return
         changes = diff_entries(old, new)
         if not changes:
             return
         event = ConfigChange(tuple(changes), index, self.freshness())
-        if not reset:
-            self.history.append((previous_index, event))
-            if len(self.history) > self.history_size:
-                _, dropped = self.history.popleft()
-                self.covered_from = dropped.index
+        self.history.append((previous_index, event))
+        if len(self.history) > self.history_size:
+            _, dropped = self.history.popleft()
+            self.covered_from = dropped.index
         self.broadcast(event)
 
-    def snapshot(self) -> ConfigSnapshot:
+    def snapshot(self, *, reset: bool = False) -> ConfigSnapshot:
         """The current state; one shared object until the state or its freshness changes."""
         fresh = self.freshness()
-        cached = self._snapshot
+        cached = self._snapshots.get(reset)
         if cached is not None and cached.index == self.index and cached.freshness == fresh:
             return cached
         entries = tuple(self.entries[key] for key in sorted(self.entries))
-        self._snapshot = ConfigSnapshot(entries, self.index, fresh)
-        return self._snapshot
+        snapshot = ConfigSnapshot(entries, self.index, fresh, epoch=self.epoch, reset=reset)
+        self._snapshots[reset] = snapshot
+        return snapshot
 
-    def catch_up(self, resume_index: int, limit: int) -> list[ConfigDelta]:
-        """What a client at `resume_index` needs: nothing, missed changes, or a snapshot."""
-        if resume_index > 0:
+    def catch_up(self, resume_index: int, resume_epoch: str, limit: int) -> list[ConfigDelta]:
+        """What a client at (`resume_index`, `resume_epoch`) needs: nothing, the missed changes
+        (only when this epoch's history provably leads from there to now), or a snapshot
+        (flagged `reset` when it replaces a resume)."""
+        if resume_index <= 0:
+            return [self.snapshot()]
+        if resume_epoch == self.epoch:
             if resume_index == self.index:
                 return []
             if self.covered_from <= resume_index < self.index:
@@ -137,7 +164,7 @@ class _PrefixTopic(WatchedTopic[ConfigDelta, list[ConfigEntry]]):
                 ]
                 if len(missed) <= limit:
                     return missed
-        return [self.snapshot()]
+        return [self.snapshot(reset=True)]
 
 
 class ConfigHub:
@@ -287,7 +314,7 @@ class ConfigHub:
     # ------------------------------------------------------------------ streams
 
     def watch(
-        self, prefix: str, resume_index: int = 0
+        self, prefix: str, resume_index: int = 0, resume_epoch: str = ""
     ) -> AsyncGenerator[ConfigSnapshot | ConfigChange | Heartbeat, None]:
         """Stream a prefix. Arguments are checked now; the subscription starts on first
         iteration and ends when the iterator is closed (or its consumer is cancelled)."""
@@ -295,10 +322,10 @@ class ConfigHub:
         _validate("prefix", prefix)
         if resume_index < 0:
             raise InvalidArgument("resume_index must not be negative")
-        return self._stream(prefix, resume_index)
+        return self._stream(prefix, resume_index, resume_epoch)
 
     async def _stream(
-        self, prefix: str, resume_index: int
+        self, prefix: str, resume_index: int, resume_epoch: str
     ) -> AsyncGenerator[ConfigSnapshot | ConfigChange | Heartbeat, None]:
         self._check_open()
         topic = self._topics.acquire(prefix)
@@ -307,13 +334,13 @@ class ConfigHub:
         )
         try:
             await topic.wait_usable(self.stale_limit, f"config under prefix {prefix!r}")
-            for missed in topic.catch_up(resume_index, self.queue_size // 2):
+            for missed in topic.catch_up(resume_index, resume_epoch, self.queue_size // 2):
                 sub.push(missed)
             topic.subscribers.add(sub)
             async for event in sub.stream(
                 self.heartbeat_interval,
                 lambda: Heartbeat(topic.freshness()),
-                lambda: [topic.snapshot()],
+                lambda: [topic.snapshot(reset=True)],
             ):
                 yield event
         finally:

@@ -4,7 +4,9 @@ The upstream watch fetches every instance (not `?passing`) with its worst check 
 subscriber sees its own filtered view: passing instances, plus warning ones (flagged WARNING)
 when its query has `include_warning`. Critical instances are never served. A stream yields the
 full `InstanceSet` whenever that subscriber's filtered set changes (and first thing), plus
-`Heartbeat`s.
+`Heartbeat`s. Sets carry the watch's epoch: when Consul's index goes backwards (or a change
+comes without the index moving forward) a new epoch starts, and every stream gets the set
+flagged `reset`, even if its instances did not change.
 
 Watches beyond the adapter's blocking capacity are "overflow" watches: one shared blocking query
 on the datacenter's checks (`/v1/health/state/any`) covers all of them, and only services whose
@@ -16,6 +18,7 @@ Unsubscribe by closing the stream: `async with contextlib.aclosing(hub.watch(q))
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncGenerator
 
 from latchkey_server.brokers._overflow import HealthShared, OverflowMember, ServiceKey
@@ -60,13 +63,21 @@ class _ServiceSubscriber(Subscriber[InstanceSet]):
         self.include_warning = include_warning
         self.last_sent: tuple[Instance, ...] | None = None
 
-    def offer(self, instances: list[Instance], index: int, freshness: Freshness) -> None:
-        """Queue the filtered set if it differs from the last one queued (latest value wins)."""
+    def offer(
+        self,
+        instances: list[Instance],
+        index: int,
+        freshness: Freshness,
+        epoch: str,
+        reset: bool = False,
+    ) -> None:
+        """Queue the filtered set if it differs from the last one queued, or starts a new
+        epoch (latest value wins)."""
         view = serveable(instances, self.include_warning)
-        if view == self.last_sent:
+        if view == self.last_sent and not reset:
             return
         self.last_sent = view
-        self.replace(InstanceSet(view, index, freshness))
+        self.replace(InstanceSet(view, index, freshness, epoch=epoch, reset=reset))
 
 
 class _ServiceTopic(WatchedTopic[InstanceSet, list[Instance]]):
@@ -76,19 +87,28 @@ class _ServiceTopic(WatchedTopic[InstanceSet, list[Instance]]):
         service, tag, datacenter = key
         super().__init__(f"health:{service}|{tag}|{datacenter}", fetch, settings)
         self.instances: list[Instance] = []
+        self.epoch = secrets.token_hex(8)
 
     def apply(self, index: int, payload: list[Instance], changed: bool, reset: bool) -> None:
+        reset = self.loaded and (reset or (changed and index <= self.index))
+        if reset:
+            self.epoch = secrets.token_hex(8)
         self.index = index
-        if not changed:
+        if not changed and not reset:
             return
         self.instances = payload
         freshness = self.freshness()
         for sub in self.subscribers:
             if isinstance(sub, _ServiceSubscriber):
-                sub.offer(payload, index, freshness)
+                sub.offer(payload, index, freshness, self.epoch, reset)
 
     def view(self, include_warning: bool) -> InstanceSet:
-        return InstanceSet(serveable(self.instances, include_warning), self.index, self.freshness())
+        return InstanceSet(
+            serveable(self.instances, include_warning),
+            self.index,
+            self.freshness(),
+            epoch=self.epoch,
+        )
 
 
 class DiscoveryHub:
@@ -214,7 +234,7 @@ class DiscoveryHub:
         sub = _ServiceSubscriber(query.include_warning)
         try:
             await topic.wait_usable(self.stale_limit, f"instances of service {query.service!r}")
-            sub.offer(topic.instances, topic.index, topic.freshness())
+            sub.offer(topic.instances, topic.index, topic.freshness(), topic.epoch)
             topic.subscribers.add(sub)
             async for event in sub.stream(
                 self.heartbeat_interval, lambda: Heartbeat(topic.freshness())

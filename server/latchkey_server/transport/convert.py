@@ -165,6 +165,8 @@ def _config_event(event: models.ConfigEvent) -> config_pb2.ConfigEvent:
                     entries=[config_entry(e) for e in event.entries],
                     index=event.index,
                     freshness=freshness(event.freshness),
+                    reset=event.reset,
+                    epoch=event.epoch,
                 )
             )
         case models.ConfigChange():
@@ -216,6 +218,8 @@ def instance_set(value: models.InstanceSet) -> discovery_pb2.InstanceSet:
         instances=[instance(i) for i in value.instances],
         index=value.index,
         freshness=freshness(value.freshness),
+        epoch=value.epoch,
+        reset=value.reset,
     )
 
 

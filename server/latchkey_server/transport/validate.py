@@ -80,6 +80,16 @@ def tag(value: str) -> str:
     return value
 
 
+_EPOCH = re.compile(r"^[A-Za-z0-9_-]{0,64}$")
+
+
+def epoch(value: str) -> str:
+    """An epoch the client got from a snapshot ('' when it has none)."""
+    if not _EPOCH.match(value):
+        raise InvalidArgument("resume_epoch must be the epoch of a snapshot (up to 64 characters)")
+    return value
+
+
 def opaque_id(field: str, value: str) -> str:
     if not _ID.match(value):
         raise InvalidArgument(f"{field} must be 1-64 letters, digits, '_' or '-'")
