@@ -14,7 +14,7 @@ from latchkey_server.brokers.config_hub import ConfigHub
 from latchkey_server.devstack.consul import ConsulAgent
 from latchkey_server.errors import InvalidArgument, NotFound
 from latchkey_server.models import ChangeType, ConfigChange, ConfigSnapshot, Heartbeat
-from latchkey_server.upstreams.consul import ConsulAdapter, ConsulSettings
+from latchkey_server.upstreams.consul import ConsulAdapter, ConsulConfig
 from latchkey_server.upstreams.consul_watch import WatchSettings
 from tests.brokers.helpers import next_data, next_event, until
 
@@ -23,7 +23,7 @@ FAST = WatchSettings(wait=55.0, burst=2, refill_interval=0.05, backoff_base=0.05
 
 @pytest.fixture
 async def adapter(consul_agent: ConsulAgent) -> AsyncIterator[ConsulAdapter]:
-    async with ConsulAdapter(ConsulSettings(address=consul_agent.http_addr)) as a:
+    async with ConsulAdapter(ConsulConfig(address=consul_agent.http_addr)) as a:
         yield a
 
 

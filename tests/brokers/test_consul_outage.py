@@ -15,7 +15,7 @@ from latchkey_server.brokers.config_hub import ConfigHub
 from latchkey_server.devstack.consul import ConsulAgent
 from latchkey_server.devstack.process import ComponentError
 from latchkey_server.models import ChangeType, ConfigChange, ConfigSnapshot, Heartbeat
-from latchkey_server.upstreams.consul import ConsulAdapter, ConsulSettings
+from latchkey_server.upstreams.consul import ConsulAdapter, ConsulConfig
 from latchkey_server.upstreams.consul_watch import WatchSettings
 from tests.brokers.helpers import WAIT, next_data, next_event, until
 from tests.fixtures.components import register_component, unregister_component
@@ -38,7 +38,7 @@ def own_agent(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
 
 @pytest.fixture
 async def adapter(own_agent: ConsulAgent) -> AsyncIterator[ConsulAdapter]:
-    async with ConsulAdapter(ConsulSettings(address=own_agent.http_addr)) as a:
+    async with ConsulAdapter(ConsulConfig(address=own_agent.http_addr)) as a:
         yield a
 
 

@@ -37,7 +37,7 @@ from latchkey_server.brokers.fanout import (
     WatchedTopic,
 )
 from latchkey_server.brokers.singleflight import SingleFlight
-from latchkey_server.errors import InvalidArgument, NotFound, Unavailable
+from latchkey_server.errors import InvalidArgument, LatchkeyError, NotFound, Unavailable
 from latchkey_server.models import (
     ChangeType,
     ConfigChange,
@@ -199,6 +199,9 @@ class ConfigHub:
         self._got: LastGood[str, ConfigEntry] = LastGood(read_cache_size)
         self._listed: LastGood[str, list[ConfigEntry]] = LastGood(read_cache_size)
         self._closed = False
+        self._closed_error: LatchkeyError = Unavailable(
+            "the config hub is shutting down", retry_after=1.0
+        )
         self._shared = consul if isinstance(consul, SharedWatchUpstream) else None
         self._group: KvShared | None = None
 
@@ -229,10 +232,14 @@ class ConfigHub:
         """Nothing to warm up: watches start with their first subscriber."""
         self._closed = False
 
-    async def close(self) -> None:
-        """Stop every upstream watch and end every stream with `Unavailable`."""
+    async def close(self, error: LatchkeyError | None = None) -> None:
+        """Stop every upstream watch and end every stream with `error` (a drain says why), or
+        `Unavailable`; later calls fail with the same error."""
         self._closed = True
-        await self._topics.close(Unavailable("the config hub is shutting down", retry_after=1.0))
+        self._closed_error = error or Unavailable(
+            "the config hub is shutting down", retry_after=1.0
+        )
+        await self._topics.close(self._closed_error)
         if self._group is not None:
             await self._group.close()
         await self._get_flight.cancel_all()
@@ -250,7 +257,7 @@ class ConfigHub:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise Unavailable("the config hub is shutting down", retry_after=1.0)
+            raise self._closed_error
 
     def _covering(self, prefix: str) -> _PrefixTopic | None:
         """A usable live watch whose prefix covers `prefix` (keys are plain string prefixes)."""

@@ -29,7 +29,7 @@ from latchkey_server.brokers.fanout import (
     WatchedTopic,
 )
 from latchkey_server.brokers.singleflight import SingleFlight
-from latchkey_server.errors import InvalidArgument, Unavailable
+from latchkey_server.errors import InvalidArgument, LatchkeyError, Unavailable
 from latchkey_server.models import (
     Freshness,
     HealthStatus,
@@ -134,6 +134,9 @@ class DiscoveryHub:
         self._flight: SingleFlight[ServiceKey, tuple[int, list[Instance]]] = SingleFlight()
         self._last: LastGood[ServiceKey, list[Instance]] = LastGood(read_cache_size)
         self._closed = False
+        self._closed_error: LatchkeyError = Unavailable(
+            "the discovery hub is shutting down", retry_after=1.0
+        )
         self._shared = consul if isinstance(consul, SharedWatchUpstream) else None
         self._groups: dict[str, HealthShared] = {}
 
@@ -170,11 +173,14 @@ class DiscoveryHub:
         """Nothing to warm up: watches start with their first subscriber."""
         self._closed = False
 
-    async def close(self) -> None:
-        """Stop every upstream watch and end every stream with `Unavailable`."""
+    async def close(self, error: LatchkeyError | None = None) -> None:
+        """Stop every upstream watch and end every stream with `error` (a drain says why), or
+        `Unavailable`; later calls fail with the same error."""
         self._closed = True
-        error = Unavailable("the discovery hub is shutting down", retry_after=1.0)
-        await self._topics.close(error)
+        self._closed_error = error or Unavailable(
+            "the discovery hub is shutting down", retry_after=1.0
+        )
+        await self._topics.close(self._closed_error)
         await self._flight.cancel_all()
         for group in self._groups.values():
             await group.close()
@@ -190,7 +196,7 @@ class DiscoveryHub:
 
     def _check(self, query: ServiceQuery) -> None:
         if self._closed:
-            raise Unavailable("the discovery hub is shutting down", retry_after=1.0)
+            raise self._closed_error
         if not query.service:
             raise InvalidArgument("a service name must not be empty")
         if query.service.startswith("/"):

@@ -113,6 +113,7 @@ class LeaseBroker(LeaseEngine):
         self._close_upstream = close_upstream
         self._unsubscribe: builtins.list[Callable[[], None]] = []
         self._started = False
+        self._draining: LatchkeyError | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -120,6 +121,8 @@ class LeaseBroker(LeaseEngine):
         self._ensure_started()
 
     def _ensure_started(self) -> None:
+        if self._draining is not None:
+            raise self._draining
         if self._closed:
             raise Unavailable("the gateway is shutting down", retry_after=1.0)
         if not self._started:
@@ -128,6 +131,13 @@ class LeaseBroker(LeaseEngine):
                 self._vault.add_token_deadline_listener(self._on_token_deadline),
                 self._vault.add_reachability_listener(self._on_reachability),
             ]
+
+    async def drain(self, error: LatchkeyError) -> None:
+        """First step of a shutdown: end every credential stream with `error` (its holds are
+        released; leases are revoked later, by `close`) and refuse new requests with it."""
+        self._draining = error
+        for watch in builtins.list(self._watches.values()):
+            watch.end(error)
 
     async def close(self) -> None:
         """Graceful shutdown: stop the lease tasks, revoke every lease in Vault, end streams."""
@@ -216,6 +226,8 @@ class LeaseBroker(LeaseEngine):
                 except TimeoutError:
                     event = CredentialHeartbeat(watch.id, self._freshness())
                 if event is None:
+                    if watch.error is not None:
+                        raise watch.error
                     return
                 yield event
         finally:

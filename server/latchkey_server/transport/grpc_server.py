@@ -67,6 +67,20 @@ class TlsMaterial:
 
 
 @dataclass(frozen=True)
+class GrpcConfig:
+    """What the gRPC endpoint is built from."""
+
+    listen: str
+    """host:port to bind (port 0 picks a free one)."""
+    tls: TlsMaterial | None = None
+    """None serves plaintext."""
+    kv_mount: str = "secret"
+    """Default KV v2 mount for GetSecret when the request names none."""
+    flow: FlowLimits = dataclasses.field(default_factory=FlowLimits)
+    """Bounds on what streams may keep queued (transport/flow.py)."""
+
+
+@dataclass(frozen=True)
 class Sources:
     """What the servicers read from (the brokers)."""
 
@@ -82,20 +96,21 @@ class GrpcServer:
 
     def __init__(
         self,
+        config: GrpcConfig,
         sources: Sources,
         authn: Authenticator,
         gate: AccessGate,
         *,
-        kv_mount: str,
         started_at: datetime,
         audit: AuditLog | None = None,
         limiter: RateLimiter | None = None,
         telemetry: Telemetry | None = None,
-        flow: FlowLimits | None = None,
     ) -> None:
+        self.config = config
+        kv_mount = config.kv_mount
         self._health = health.aio.HealthServicer()
         interceptor = GatewayInterceptor(
-            authn, audit=audit, limiter=limiter, telemetry=telemetry, flow=flow
+            authn, audit=audit, limiter=limiter, telemetry=telemetry, flow=config.flow
         )
         self._interceptor = interceptor
         server = grpc.aio.server(interceptors=[interceptor], options=GRPC_OPTIONS)
@@ -115,11 +130,12 @@ class GrpcServer:
         )
         self._server = server
 
-    async def start(self, listen: str, tls: TlsMaterial | None) -> int:
-        """Bind `listen` (port 0 picks one) with TLS (None: plaintext), start, report SERVING.
+    async def start(self) -> int:
+        """Bind the configured address with its TLS, start, report SERVING; return the port.
 
         Raises InvalidArgument when the address cannot be bound (in use, not local, bad form).
         """
+        listen, tls = self.config.listen, self.config.tls
         try:
             port = self._bind(listen, tls)
         except RuntimeError as exc:  # grpc raises RuntimeError("Failed to bind to address ...")
