@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import consul
@@ -30,10 +32,14 @@ from latchkey.v1 import (
     secrets_pb2,
     secrets_pb2_grpc,
 )
+from latchkey_server.config import Settings
 from latchkey_server.devstack.consul import ConsulAgent
 from latchkey_server.devstack.seed import DEMO_ROLE
+from latchkey_server.errors import LatchkeyError
+from latchkey_server.server import Gateway
 from tests.faults.conftest import GatewayFactory
 from tests.faults.process import GatewayProcess
+from tests.fixtures.gateway import gateway_settings
 from tests.gateway.helpers import can_login, eventually
 
 pytestmark = pytest.mark.faults
@@ -185,3 +191,44 @@ async def test_every_stream_open_has_one_stream_end_and_no_error_is_logged(
     log = gw.log_text()
     assert '"level": "ERROR"' not in log, log[-3000:]
     assert "different Context" not in log
+
+
+async def test_serve_captures_signals_and_restores_them(
+    demo_env: dict[str, Any], consul_agent: ConsulAgent, vault_server: Any, tmp_path: Path
+) -> None:
+    def settings(**overrides: Any) -> Settings:
+        return gateway_settings(
+            consul_addr=consul_agent.http_addr,
+            vault_addr=vault_server.addr,
+            role_id=demo_env["approle"].role_id,
+            secret_id=demo_env["approle"].secret_id,
+            tokens_file=demo_env["tokens_file"],
+            policies_dir=demo_env["policies_dir"],
+            audit_file=tmp_path / "audit.log",
+            **overrides,
+        )
+
+    # No file I/O in __init__: a missing file is reported by start(), naming it.
+    broken = Gateway(settings(auth={"tokens_file": str(tmp_path / "missing.yaml")}))
+    with pytest.raises(LatchkeyError) as missing:
+        await broken.start()
+    assert "missing.yaml" in missing.value.message
+    await broken.shutdown()
+
+    def mine(sig: int, frame: Any) -> None:
+        raise AssertionError("the gateway's handler should be in place while it serves")
+
+    before = {sig: signal.signal(sig, mine) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        gateway = Gateway(settings())
+        ready = asyncio.Event()
+        serving = asyncio.create_task(gateway.serve(announce=lambda addr: ready.set()))
+        await asyncio.wait_for(ready.wait(), timeout=60)
+        assert signal.getsignal(signal.SIGTERM) is not mine
+        os.kill(os.getpid(), signal.SIGTERM)  # handled by the gateway: a graceful stop
+        await asyncio.wait_for(serving, timeout=60)
+        assert signal.getsignal(signal.SIGTERM) is mine
+        assert signal.getsignal(signal.SIGINT) is mine
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
