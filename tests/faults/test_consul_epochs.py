@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -27,7 +28,13 @@ import pytest
 
 import latchkey
 from latchkey._streams import ConfigView
-from latchkey.v1 import config_pb2, config_pb2_grpc, discovery_pb2, discovery_pb2_grpc
+from latchkey.v1 import (
+    common_pb2,
+    config_pb2,
+    config_pb2_grpc,
+    discovery_pb2,
+    discovery_pb2_grpc,
+)
 from latchkey_server.devstack.consul import ConsulAgent
 from tests.faults.conftest import GatewayFactory
 from tests.faults.process import GatewayProcess
@@ -199,29 +206,38 @@ async def test_discovery_watch_learns_the_new_epoch(
             discovery_pb2.WatchServiceRequest(service="epochsvc"), metadata=gw.metadata()
         )
 
-        async def next_set() -> discovery_pb2.InstanceSet:
-            while True:
-                message = await asyncio.wait_for(call.read(), timeout=60)
-                if message.WhichOneof("event") == "instances":
-                    return message.instances
+        async def next_event() -> discovery_pb2.ServiceEvent:
+            return await asyncio.wait_for(call.read(), timeout=60)
 
-        first = await next_set()
+        first = (await next_event()).instances
         assert [i.id for i in first.instances] == ["epochsvc-1"]
         await asyncio.to_thread(private_consul.restart)
         agent = consul.Consul(host="127.0.0.1", port=private_consul.http_port).agent
         agent.service.register("epochsvc", service_id="epochsvc-1", port=9001)
-        # Whatever came in between (an empty set while it was not registered again), the
-        # stream reaches the re-registered instance. When Consul's index went backwards, that
-        # set belongs to a new epoch, announced by a set flagged reset.
-        seen = []
+        registered_at = time.time()
+        # The stream follows the restarted agent until the gateway confirmed the new state
+        # (heard from Consul after the re-registration) and the client holds the instance.
+        # When Consul's index went backwards, that state belongs to a new epoch, announced by
+        # a set flagged reset (sent even if the instances are the same); when it moved
+        # forward, an unchanged set is (rightly) not sent again.
+        current, sets = first, []
         async with asyncio.timeout(60):
             while True:
-                got = await next_set()
-                seen.append(got)
-                if [i.id for i in got.instances] == ["epochsvc-1"] and got.index != first.index:
+                event = await next_event()
+                if event.WhichOneof("event") == "instances":
+                    current = event.instances
+                    sets.append(current)
+                    freshness = current.freshness
+                else:
+                    freshness = event.heartbeat.freshness
+                contact = freshness.last_contact
+                confirmed = contact.seconds + contact.nanos / 1e9 > registered_at
+                reachable = freshness.upstream == common_pb2.UPSTREAM_STATE_CONNECTED
+                ids = [i.id for i in current.instances]
+                if confirmed and reachable and ids == ["epochsvc-1"]:
                     break
-        print([(s.epoch, s.reset, s.index, len(s.instances)) for s in seen], first.index)
-        if got.index < first.index:
-            assert got.epoch != first.epoch
-            assert any(s.reset for s in seen)
+        print([(s.epoch, s.reset, s.index, len(s.instances)) for s in sets], first.index)
+        if freshness.index < first.index:
+            assert current.epoch != first.epoch
+            assert any(s.reset for s in sets)
         call.cancel()

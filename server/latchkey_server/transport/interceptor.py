@@ -272,16 +272,13 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             if opened:
                 self._audit(info, None, "stream_end", quiet=True, detail="cause=completed")
         except asyncio.CancelledError as exc:
-            if opened:
-                cause = end_cause(exc, stopping=self.stopping)
-                self._audit_failure(info, None, "stream_end", detail=f"cause={cause}")
+            cause = end_cause(exc, stopping=self.stopping)
+            event = "stream_end" if opened else "request"
+            self._audit_failure(info, exc, event, detail=f"cause={cause}")
             raise
         except Exception as exc:
-            if opened:
-                cause = end_cause(exc)
-                self._audit_failure(info, exc, "stream_end", detail=f"cause={cause}")
-            else:
-                self._audit_failure(info, exc, "request")
+            event = "stream_end" if opened else "request"
+            self._audit_failure(info, exc, event, detail=f"cause={end_cause(exc)}")
             await abort_with(context, exc)
         finally:
             if sender is not None:
