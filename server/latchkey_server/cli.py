@@ -40,7 +40,7 @@ def serve(config_path: Path | None, insecure: bool) -> None:
     """
     from latchkey_server.config import load_settings
     from latchkey_server.observability.logs import configure_logging
-    from latchkey_server.serving import serve_until_signalled
+    from latchkey_server.server import Gateway
 
     if insecure:
         os.environ["LATCHKEY_INSECURE"] = "true"  # the flag's variable; flags win over the file
@@ -50,10 +50,16 @@ def serve(config_path: Path | None, insecure: bool) -> None:
         raise click.UsageError(exc.message) from exc
     configure_logging(settings.log_level, settings.log_format)
     try:
-        asyncio.run(serve_until_signalled(settings))
+        # One machine-readable line on stdout once the gateway accepts calls.
+        asyncio.run(Gateway(settings).serve(announce=_announce))
     except LatchkeyError as exc:
         click.echo(f"latchkey-server: {exc.message}", err=True)
         sys.exit(1)
+
+
+def _announce(addr: str) -> None:
+    click.echo(f"LATCHKEY_ADDR={addr}")
+    sys.stdout.flush()
 
 
 @main.group()

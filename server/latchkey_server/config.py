@@ -174,6 +174,24 @@ class LimitSettings(_Section):
     """Per-identity burst size."""
     max_streams_per_identity: int = Field(default=2000, ge=1)
     """Concurrent streams one identity may hold open."""
+    snapshot_bytes: int = Field(default=8 << 20, ge=1 << 16, le=16 << 20)
+    """Largest message a stream may send (a snapshot of a prefix); a larger one ends the stream
+    with RESOURCE_EXHAUSTED naming this limit. At most 16 MiB, gRPC's send limit."""
+    stream_queue_bytes: int = Field(default=8 << 20, ge=1 << 16)
+    """Bytes of changes one config stream may have waiting in the fan-out; beyond it they are
+    dropped and replaced by one fresh snapshot (nothing is lost)."""
+    identity_queue_bytes: int = Field(default=32 << 20, ge=1 << 16)
+    """Bytes queued to one identity's clients at once, all its streams together; its other
+    streams wait for room (up to `stall_timeout`)."""
+    stall_timeout: float = Field(default=30.0, gt=0)
+    """Seconds a stream may wait for its client to read (or for its identity's room) before it
+    ends with RESOURCE_EXHAUSTED saying the client is not reading."""
+
+    @model_validator(mode="after")
+    def _snapshot_fits(self) -> LimitSettings:
+        if self.snapshot_bytes > self.identity_queue_bytes:
+            raise ValueError("snapshot_bytes must not exceed identity_queue_bytes")
+        return self
 
 
 class MetricsSettings(_Section):

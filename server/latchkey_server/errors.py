@@ -11,7 +11,9 @@ them to gRPC statuses in exactly one place (`transport/errors.py`).
     ├── Unauthenticated          (UNAUTHENTICATED)
     ├── FailedPrecondition       (FAILED_PRECONDITION)
     ├── ResourceExhausted        (RESOURCE_EXHAUSTED, retry_after)
+    │   └── StreamStalled        (a stream its client did not read for too long)
     └── Unavailable              (UNAVAILABLE, retry_after)
+        └── Draining             (the gateway is shutting down; reconnect, elsewhere if you can)
 """
 
 from __future__ import annotations
@@ -68,7 +70,15 @@ class ResourceExhausted(LatchkeyError):
     status = Status.RESOURCE_EXHAUSTED
 
 
+class StreamStalled(ResourceExhausted):
+    """A stream's client did not take its messages for longer than the stall timeout."""
+
+
 class Unavailable(LatchkeyError):
     """An upstream cannot be reached; `retry_after` (seconds) hints when to try again."""
 
     status = Status.UNAVAILABLE
+
+
+class Draining(Unavailable):
+    """The gateway is shutting down: every stream ends with this, naming the reason."""

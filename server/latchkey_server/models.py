@@ -163,11 +163,17 @@ class KeyChange:
     """The new entry for puts; None for deletes."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class ConfigSnapshot:
+    """Every key under a prefix. One object is shared by the streams that receive it."""
+
     entries: tuple[ConfigEntry, ...]
     index: int
     freshness: Freshness
+    epoch: str = ""
+    """Indexes compare only within one epoch (a new one starts when Consul's index resets)."""
+    reset: bool = False
+    """This snapshot replaces state the client held (resume refused, backlog, new epoch)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +220,10 @@ class InstanceSet:
     instances: tuple[Instance, ...]
     index: int
     freshness: Freshness
+    epoch: str = ""
+    """Indexes compare only within one epoch (a new one starts when Consul's index resets)."""
+    reset: bool = False
+    """Sent because a new epoch started (even if the instances did not change)."""
 
 
 ServiceEvent = InstanceSet | Heartbeat

@@ -1,141 +1,52 @@
-"""Startup, serving and graceful shutdown of the gateway. Reads no argv and no environment.
+"""The gateway's lifecycle: startup, serving until told to stop, graceful shutdown.
 
-Shutdown order: health NOT_SERVING → stop accepting calls (in-flight calls get a grace period)
-→ close the brokers (revoking every held lease) → close the upstream adapters.
+`Gateway(settings)` only keeps the settings (no I/O). `start()` builds every component
+(`components.build`, which reads the files the settings name) and starts them; `serve()` is what
+`latchkey-server serve` runs: it captures SIGINT/SIGTERM (and SIGHUP, which reloads the
+policies) for its duration and restores the previous handlers afterwards, starts, waits for a
+signal or `request_stop()`, and shuts down. Reads no argv and no environment.
+
+Shutdown order (`shutdown()`):
+1. health reports NOT_SERVING (load balancers and probes stop sending work);
+2. the brokers drain: every open stream ends with UNAVAILABLE, a `retry-after` and a message
+   naming the reason, and new streams are refused the same way;
+3. the gRPC server stops, in-flight unary calls get `shutdown_grace` seconds;
+4. the lease broker revokes every lease it holds;
+5. the upstream adapters close (and the audit log, and the metrics listener).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from dataclasses import dataclass
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from datetime import datetime
-from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from prometheus_client import start_http_server
 
-from latchkey_server.access.audit import AuditLog, load_key
-from latchkey_server.access.authn import Authenticator
-from latchkey_server.access.authz import Authorizer, DenyAll
-from latchkey_server.access.gate import AccessGate
-from latchkey_server.access.policies import PolicyAuthorizer, PolicyStore
-from latchkey_server.access.ratelimit import RateLimiter
-from latchkey_server.access.streams import StreamGrants
-from latchkey_server.access.tokens import TokenStore
-from latchkey_server.brokers.config_hub import ConfigHub
-from latchkey_server.brokers.discovery_hub import DiscoveryHub
-from latchkey_server.brokers.leases import LeaseBroker
-from latchkey_server.brokers.secret_cache import SecretCache
+from latchkey_server.access.authz import Authorizer
+from latchkey_server.access.policies import PolicyStore
+from latchkey_server.components import Components, build
 from latchkey_server.config import Settings
-from latchkey_server.errors import InvalidArgument
+from latchkey_server.errors import Draining, InvalidArgument
 from latchkey_server.models import utcnow
-from latchkey_server.observability.collector import GatewayCollector
 from latchkey_server.observability.health import Dependency, HealthMonitor
-from latchkey_server.observability.telemetry import Telemetry
 from latchkey_server.transport.grpc_server import (
     CONFIG_SERVICE,
     DISCOVERY_SERVICE,
     SECRETS_SERVICE,
-    GrpcServer,
-    Sources,
-    TlsMaterial,
 )
-from latchkey_server.upstreams.consul import ConsulAdapter
-from latchkey_server.upstreams.consul import ConsulSettings as ConsulAdapterSettings
-from latchkey_server.upstreams.consul_watch import WatchSettings
-from latchkey_server.upstreams.vault import VaultAdapter
 
 log = logging.getLogger("latchkey.server")
 
-
-@dataclass
-class Components:
-    """Everything the gateway runs, built from settings (tests may inspect these)."""
-
-    vault: VaultAdapter
-    consul: ConsulAdapter
-    leases: LeaseBroker
-    secrets: SecretCache
-    config: ConfigHub
-    discovery: DiscoveryHub
-
-
-def build_components(settings: Settings, telemetry: Telemetry) -> Components:
-    vault = VaultAdapter.from_settings(settings.vault, telemetry=telemetry)
-    consul = ConsulAdapter(
-        ConsulAdapterSettings(
-            address=settings.consul.addr,
-            token=settings.consul.token.get_secret_value() if settings.consul.token else None,
-            connection_budget=settings.consul.max_connections,
-            default_wait=settings.consul.wait,
-        ),
-        telemetry=telemetry,
-    )
-    watch = WatchSettings(
-        wait=settings.consul.wait,
-        burst=settings.consul.rate_burst,
-        refill_interval=settings.consul.rate_refill,
-    )
-    return Components(
-        vault=vault,
-        consul=consul,
-        leases=LeaseBroker(
-            vault,
-            mount=settings.vault.database_mount,
-            renew_fraction=settings.leases.renew_fraction,
-            grace=settings.leases.grace,
-            unheld_grace=settings.leases.unheld_grace,
-            heartbeat_interval=settings.heartbeat_interval,
-            telemetry=telemetry,
-        ),
-        secrets=SecretCache(
-            vault,
-            ttl=settings.cache.secret_ttl,
-            negative_ttl=settings.cache.negative_ttl,
-            stale_limit=settings.cache.stale_limit,
-            telemetry=telemetry,
-        ),
-        config=ConfigHub(
-            consul,
-            heartbeat_interval=settings.heartbeat_interval,
-            stale_limit=settings.cache.stale_limit,
-            watch_settings=watch,
-        ),
-        discovery=DiscoveryHub(
-            consul,
-            heartbeat_interval=settings.heartbeat_interval,
-            stale_limit=settings.cache.stale_limit,
-            watch_settings=watch,
-        ),
-    )
-
-
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise InvalidArgument(f"{what} {path} cannot be read: {exc.strerror}") from exc
-
-
-def load_tls(settings: Settings) -> TlsMaterial | None:
-    """TLS material from the configured files (None when running --insecure)."""
-    if settings.insecure:
-        return None
-    tls = settings.tls
-    assert tls.cert_file is not None  # the settings validated both
-    assert tls.key_file is not None
-    return TlsMaterial(
-        certificate_chain=_read(tls.cert_file, "tls.cert_file"),
-        private_key=_read(tls.key_file, "tls.key_file"),
-        client_ca=_read(tls.client_ca_file, "tls.client_ca_file") if tls.client_ca_file else None,
-        require_client_cert=tls.require_client_cert,
-    )
-
-
-def _audit_key(settings: Settings) -> bytes | None:
-    path = settings.audit.hmac_key_file
-    return load_key(path) if path else None
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+DRAIN_RETRY_AFTER = 1.0
+"""The `retry-after` (seconds) streams get when the gateway drains."""
 
 
 class Gateway:
@@ -143,91 +54,101 @@ class Gateway:
 
     def __init__(self, settings: Settings, *, authorizer: Authorizer | None = None) -> None:
         self.settings = settings
+        self._authorizer = authorizer
         self.started_at: datetime = utcnow()
-        tokens = TokenStore.load(settings.auth.tokens_file) if settings.auth.tokens_file else None
-        if tokens is None and settings.tls.client_ca_file is None:
-            raise InvalidArgument(
-                "no way to authenticate callers: set auth.tokens_file (latchkey-server token "
-                "create) and/or tls.client_ca_file for client certificates"
-            )
-        self._authn = Authenticator(tokens)
-        self._tls = load_tls(settings)
-        self.policies: PolicyStore | None = None
-        if authorizer is None:
-            if settings.auth.policies_dir is not None:
-                self.policies = PolicyStore(settings.auth.policies_dir)
-                authorizer = PolicyAuthorizer(self.policies)
-            else:
-                log.warning("auth.policies_dir is not set: every request will be denied")
-                authorizer = DenyAll()
-        self.gate = AccessGate(
-            authorizer, StreamGrants(max_per_identity=settings.limits.max_streams_per_identity)
-        )
-        self.audit = AuditLog(
-            settings.audit.sink, _audit_key(settings), fail_closed=settings.audit.fail_closed
-        )
-        self._limiter = RateLimiter(settings.limits.requests_per_second, settings.limits.burst)
-        self.telemetry = Telemetry()
-        self.components = build_components(settings, self.telemetry)
-        c = self.components
-        self.telemetry.registry.register(
-            GatewayCollector(
-                upstreams=[c.vault, c.consul],
-                consul=c.consul,
-                leases=c.leases.list,
-                streams_by_kind=self.gate.streams.by_kind,
-                upstream_watches=lambda: {
-                    "config": c.config.active_watches,
-                    "discovery": c.discovery.active_watches,
-                    "config_overflow": c.config.overflow_watches,
-                    "discovery_overflow": c.discovery.overflow_watches,
-                },
-                audit_failures=lambda: self.audit.failures,
-            )
-        )
+        self._components: Components | None = None
         self.metrics_port: int = 0
+        self.port: int = 0
         self._metrics_server: Any = None
         self._health_monitor: HealthMonitor | None = None
-        self._grpc: GrpcServer | None = None
         self._reload_task: asyncio.Task[None] | None = None
-        self.port: int = 0
-        self._stopped = asyncio.Event()
+        self._stop_requested: asyncio.Event | None = None
+        self._stop_reason = "stop requested"
+        self._stopped = False
+        self._captured: dict[int, Any] = {}
+
+    # ---------------------------------------------------------------- what tests may inspect
+
+    @property
+    def components(self) -> Components:
+        if self._components is None:
+            raise RuntimeError("the gateway has not been started")
+        return self._components
+
+    @property
+    def policies(self) -> PolicyStore | None:
+        return self.components.policies
+
+    # ---------------------------------------------------------------- serve
+
+    async def serve(self, *, announce: Callable[[str], None] | None = None) -> None:
+        """Run until SIGINT/SIGTERM (or `request_stop()`), then shut down gracefully.
+
+        `announce` gets `host:port` once the gateway accepts calls (the CLI prints it).
+        """
+        with self.capture_signals():
+            try:
+                port = await self.start()
+                if announce is not None:
+                    announce(f"{self.settings.listen.rsplit(':', 1)[0]}:{port}")
+                await self._stop_event().wait()
+            finally:
+                await self.shutdown(self._stop_reason)
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Ask `serve()` to shut down (safe from signal handlers via the loop)."""
+        self._stop_reason = reason
+        self._stop_event().set()
+
+    def _stop_event(self) -> asyncio.Event:
+        if self._stop_requested is None:
+            self._stop_requested = asyncio.Event()
+        return self._stop_requested
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Handle SIGINT/SIGTERM (stop) and SIGHUP (reload policies) while serving; restore the
+        previous handlers afterwards. Only in the main thread (signals go nowhere else)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        loop = asyncio.get_running_loop()
+
+        def on_signal(sig: int, frame: FrameType | None) -> None:
+            name = signal.Signals(sig).name
+            if sig == signal.SIGHUP:
+                loop.call_soon_threadsafe(self.reload_policies)
+            else:
+                loop.call_soon_threadsafe(self.request_stop, f"the gateway received {name}")
+
+        handled = (*HANDLED_SIGNALS, signal.SIGHUP)
+        self._captured = {sig: signal.signal(sig, on_signal) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, previous in self._captured.items():
+                signal.signal(sig, previous)
+            self._captured = {}
+
+    # ---------------------------------------------------------------- startup
 
     async def start(self) -> int:
-        """Start brokers, then the gRPC server; return the bound port."""
-        c = self.components
-        for broker in (c.leases, c.config, c.discovery):
+        """Build and start every component, then the gRPC server; return the bound port."""
+        c = self._components = build(self.settings, authorizer=self._authorizer)
+        self.started_at = c.started_at
+        for broker in c.brokers:
             await broker.start()
-        self._grpc = GrpcServer(
-            Sources(
-                secrets=c.secrets,
-                leases=c.leases,
-                config=c.config,
-                discovery=c.discovery,
-                upstreams=[c.vault, c.consul],
-            ),
-            self._authn,
-            self.gate,
-            kv_mount=self.settings.vault.kv_mount,
-            started_at=self.started_at,
-            audit=self.audit,
-            limiter=self._limiter,
-            telemetry=self.telemetry,
-        )
-        try:
-            self.port = await self._grpc.start(self.settings.listen, self._tls)
-        except OSError as exc:
-            raise InvalidArgument(str(exc)) from exc
-        if self._tls is None:
+        self.port = await c.grpc.start()
+        if c.grpc.config.tls is None:
             log.warning("serving PLAINTEXT gRPC (insecure); use TLS anywhere but loopback")
-        if self.policies is not None:
+        if c.policies is not None:
             self._reload_task = asyncio.create_task(self._watch_policies())
         self._health_monitor = HealthMonitor(
             [
                 Dependency(c.vault, [SECRETS_SERVICE]),
                 Dependency(c.consul, [CONFIG_SERVICE, DISCOVERY_SERVICE]),
             ],
-            self._grpc.set_serving,
+            c.grpc.set_serving,
             stale_limit=self.settings.cache.stale_limit,
             interval=self.settings.health.probe_interval,
         )
@@ -244,52 +165,31 @@ class Gateway:
 
         An invalid file keeps the previous policies in force (the store logs why).
         """
-        if self.policies is None or not self.policies.reload():
+        c = self._components
+        if c is None or c.policies is None or not c.policies.reload():
             return False
-        ended = self.gate.recheck_streams()
+        ended = c.gate.recheck_streams()
         log.info(
             "policies reloaded (generation %d); %d open streams no longer allowed",
-            self.policies.generation,
+            c.policies.generation,
             ended,
         )
         return True
 
     async def _watch_policies(self) -> None:
-        assert self.policies is not None
+        policies = self.components.policies
+        assert policies is not None
         while True:
             # Polling interval for file changes (SIGHUP reloads at once).
             await asyncio.sleep(self.settings.auth.reload_interval)
-            if self.policies.changed():
+            if policies.changed():
                 self.reload_policies()
-
-    async def stop(self) -> None:
-        """Graceful shutdown in the documented order. Safe to call twice."""
-        if self._stopped.is_set():
-            return
-        self._stopped.set()
-        if self._reload_task is not None:
-            self._reload_task.cancel()
-        if self._health_monitor is not None:
-            await self._health_monitor.close()
-        if self._grpc is not None:
-            await self._grpc.stop(self.settings.shutdown_grace)
-        c = self.components
-        await c.config.close()
-        await c.discovery.close()
-        await c.leases.close()
-        await c.consul.close()
-        await c.vault.close()
-        self.audit.close()
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-            self._metrics_server.server_close()
-        log.info("latchkey gateway stopped")
 
     def _start_metrics(self, listen: str) -> None:
         host, _, port = listen.rpartition(":")
         try:
             server, _thread = start_http_server(
-                int(port), addr=host or "127.0.0.1", registry=self.telemetry.registry
+                int(port), addr=host or "127.0.0.1", registry=self.components.telemetry.registry
             )
         except (OSError, ValueError) as exc:
             raise InvalidArgument(f"metrics.listen {listen!r}: {exc}") from exc
@@ -297,5 +197,40 @@ class Gateway:
         self.metrics_port = int(server.server_address[1])
         log.info("metrics on http://%s:%d/metrics", host or "127.0.0.1", self.metrics_port)
 
-    async def wait_stopped(self) -> None:
-        await self._stopped.wait()
+    # ---------------------------------------------------------------- shutdown
+
+    async def shutdown(self, reason: str = "the gateway is shutting down") -> None:
+        """Graceful shutdown in the documented order. Safe to call twice, or after a failed
+        start."""
+        if self._stopped:
+            return
+        self._stopped = True
+        c = self._components
+        if self._reload_task is not None:
+            self._reload_task.cancel()
+        if self._health_monitor is not None:
+            await self._health_monitor.close()
+        if c is not None:
+            log.info("draining: %s", reason)
+            await c.grpc.not_serving()
+            drain = Draining(
+                f"{reason}: this gateway is draining and closed the stream; reconnect "
+                "(to another gateway, if you have several)",
+                retry_after=DRAIN_RETRY_AFTER,
+            )
+            await c.config.close(drain)
+            await c.discovery.close(drain)
+            await c.leases.drain(drain)
+            await c.grpc.stop(self.settings.shutdown_grace)
+            await c.leases.close()
+            await c.consul.close()
+            await c.vault.close()
+            c.audit.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+        log.info("latchkey gateway stopped")
+
+    async def stop(self) -> None:
+        """`shutdown()` (for tests and embedders)."""
+        await self.shutdown()

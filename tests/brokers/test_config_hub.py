@@ -14,7 +14,7 @@ from latchkey_server.brokers.config_hub import ConfigHub
 from latchkey_server.devstack.consul import ConsulAgent
 from latchkey_server.errors import InvalidArgument, NotFound
 from latchkey_server.models import ChangeType, ConfigChange, ConfigSnapshot, Heartbeat
-from latchkey_server.upstreams.consul import ConsulAdapter, ConsulSettings
+from latchkey_server.upstreams.consul import ConsulAdapter, ConsulConfig
 from latchkey_server.upstreams.consul_watch import WatchSettings
 from tests.brokers.helpers import next_data, next_event, until
 
@@ -23,7 +23,7 @@ FAST = WatchSettings(wait=55.0, burst=2, refill_interval=0.05, backoff_base=0.05
 
 @pytest.fixture
 async def adapter(consul_agent: ConsulAgent) -> AsyncIterator[ConsulAdapter]:
-    async with ConsulAdapter(ConsulSettings(address=consul_agent.http_addr)) as a:
+    async with ConsulAdapter(ConsulConfig(address=consul_agent.http_addr)) as a:
         yield a
 
 
@@ -118,16 +118,27 @@ async def test_snapshot_changes_and_resume(adapter: ConsulAdapter, kv: consul.Co
         assert put_b.freshness.reachable
         assert not put_b.freshness.stale
 
-        # Resume from a recent index: the missed changes are replayed, in order.
-        async with contextlib.aclosing(hub.watch(prefix, resume_index=put_c.index)) as resumed:
+        # Resume from a recent index of this epoch: the missed changes are replayed, in order.
+        epoch = snap.epoch
+        assert epoch
+        resume = put_c.index
+        async with contextlib.aclosing(hub.watch(prefix, resume, epoch)) as resumed:
             assert await next_data(resumed) == delete_a
             assert await next_data(resumed) == put_b
 
-        # Too old for the (2-entry) history, or from the future: a fresh snapshot.
-        for resume in (snap.index, put_b.index + 1000):
-            async with contextlib.aclosing(hub.watch(prefix, resume_index=resume)) as other:
+        # Too old for the (2-entry) history, from the future, or of no/another epoch: a fresh
+        # snapshot flagged reset.
+        for resume, resume_epoch in (
+            (snap.index, epoch),
+            (put_b.index + 1000, epoch),
+            (put_c.index, ""),
+            (put_c.index, "0123456789abcdef"),
+        ):
+            async with contextlib.aclosing(hub.watch(prefix, resume, resume_epoch)) as other:
                 fresh = await next_data(other)
                 assert isinstance(fresh, ConfigSnapshot)
+                assert fresh.reset
+                assert fresh.epoch == epoch
                 assert [(e.key, e.value) for e in fresh.entries] == [
                     (prefix + "b", b"22"),
                     (prefix + "c", b"3"),
@@ -135,7 +146,7 @@ async def test_snapshot_changes_and_resume(adapter: ConsulAdapter, kv: consul.Co
                 assert fresh.index == put_b.index
 
         # Resume at the current index: nothing until the next change.
-        async with contextlib.aclosing(hub.watch(prefix, resume_index=put_b.index)) as current:
+        async with contextlib.aclosing(hub.watch(prefix, put_b.index, epoch)) as current:
             assert isinstance(await next_event(current), Heartbeat)  # subscribed, nothing sent
             kv.put(prefix + "d", "4")
             nxt = await next_data(current)

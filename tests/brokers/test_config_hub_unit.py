@@ -149,18 +149,21 @@ async def test_index_reset_is_diffed_into_changes_and_voids_history() -> None:
         fake.kv.clear()
         fake.index = 1
         fake.set_down(False)
+        # A new epoch: the open stream gets a snapshot flagged reset, with the new epoch.
         wiped = await next_data(stream)
-        assert isinstance(wiped, ConfigChange)
-        assert {c.type for c in wiped.changes} == {ChangeType.DELETE}
-        assert len(wiped.changes) == 5
+        assert isinstance(wiped, ConfigSnapshot)
+        assert wiped.reset
+        assert wiped.entries == ()
+        assert wiped.epoch != snap.epoch
         assert wiped.index < old_index
         fake.put("r/new", b"y")
         new = await next_data(stream)
         assert isinstance(new, ConfigChange)
         assert [c.key for c in new.changes] == ["r/new"]
         # An index from before the reset cannot be resumed: snapshot.
-        async with contextlib.aclosing(hub.watch("r/", resume_index=old_index)) as other:
+        async with contextlib.aclosing(hub.watch("r/", old_index, snap.epoch)) as other:
             fresh = await next_data(other)
             assert isinstance(fresh, ConfigSnapshot)
+            assert fresh.reset
             assert [e.key for e in fresh.entries] == ["r/new"]
     await hub.close()

@@ -14,7 +14,7 @@ from latchkey_server.brokers.discovery_hub import DiscoveryHub
 from latchkey_server.devstack.consul import ConsulAgent
 from latchkey_server.errors import InvalidArgument
 from latchkey_server.models import HealthStatus, InstanceSet, ServiceQuery
-from latchkey_server.upstreams.consul import ConsulAdapter, ConsulSettings
+from latchkey_server.upstreams.consul import ConsulAdapter, ConsulConfig
 from latchkey_server.upstreams.consul_watch import WatchSettings
 from tests.brokers.helpers import next_data, until
 
@@ -23,7 +23,7 @@ FAST = WatchSettings(wait=55.0, burst=2, refill_interval=0.05, backoff_base=0.05
 
 @pytest.fixture
 async def hub(consul_agent: ConsulAgent) -> AsyncIterator[DiscoveryHub]:
-    async with ConsulAdapter(ConsulSettings(address=consul_agent.http_addr)) as adapter:
+    async with ConsulAdapter(ConsulConfig(address=consul_agent.http_addr)) as adapter:
         h = DiscoveryHub(adapter, heartbeat_interval=0.2, linger=0.05, watch_settings=FAST)
         await h.start()
         yield h
@@ -126,7 +126,7 @@ async def test_many_watchers_one_upstream_query(
     consul_agent: ConsulAgent, web: tuple[str, consul.Consul.Agent.Check]
 ) -> None:
     name, _ = web
-    async with ConsulAdapter(ConsulSettings(address=consul_agent.http_addr)) as adapter:
+    async with ConsulAdapter(ConsulConfig(address=consul_agent.http_addr)) as adapter:
         hub = DiscoveryHub(adapter, heartbeat_interval=0.2, watch_settings=FAST)
         queries = [ServiceQuery(name, include_warning=bool(n % 2)) for n in range(50)]
         streams = [hub.watch(q) for q in queries]

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from latchkey_server.brokers.leases import LeaseBroker
-from latchkey_server.errors import NotFound, PermissionDenied, Unavailable
+from latchkey_server.errors import NotFound, Unavailable
 from latchkey_server.models import (
     CredentialEvent,
     CredentialHeartbeat,
@@ -151,10 +151,14 @@ async def test_release_counts_unary_holds(vault: FakeVault, make_broker: Any) ->
 async def test_release_by_another_identity(vault: FakeVault, make_broker: Any) -> None:
     broker = make_broker()
     cred = await broker.acquire("alice", "app")
-    with pytest.raises(PermissionDenied):
+    # Someone else's lease and no lease at all get the same answer (no existence leak).
+    with pytest.raises(NotFound) as theirs:
         await broker.release("mallory", cred.lease_id)
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound) as missing:
         await broker.release("alice", "database/creds/app/unknown")
+    assert theirs.value.message.replace(cred.lease_id, "X") == missing.value.message.replace(
+        "database/creds/app/unknown", "X"
+    )
     assert vault.valid(cred.lease_id)
     assert await broker.release("operator", cred.lease_id, force=True) is True
     assert not vault.valid(cred.lease_id)
@@ -229,7 +233,7 @@ async def test_unary_renew_extends_the_hold(vault: FakeVault, make_broker: Any) 
     assert result.lease_id == cred.lease_id
     assert result.expires_at > cred.expires_at
     assert broker.list()[0].expires_at == result.expires_at
-    with pytest.raises(PermissionDenied):
+    with pytest.raises(NotFound):
         await broker.renew("mallory", cred.lease_id, None)
     with pytest.raises(NotFound):
         await broker.renew("alice", "database/creds/app/unknown", None)

@@ -16,7 +16,7 @@ from latchkey_server.brokers.config_hub import ConfigHub
 from latchkey_server.brokers.discovery_hub import DiscoveryHub
 from latchkey_server.devstack.consul import ConsulAgent
 from latchkey_server.models import ConfigChange, ConfigSnapshot, Heartbeat, ServiceQuery
-from latchkey_server.upstreams.consul import ConsulAdapter, ConsulSettings
+from latchkey_server.upstreams.consul import ConsulAdapter, ConsulConfig
 from latchkey_server.upstreams.consul_watch import WatchSettings
 from tests.brokers.helpers import WAIT
 
@@ -107,7 +107,7 @@ async def test_forty_prefixes_on_a_budget_of_eight(consul_agent: ConsulAgent) ->
     prefixes = [f"{root}p{n:02d}/" for n in range(40)]
     for prefix in prefixes:
         await http(consul_agent, "PUT", f"/v1/kv/{prefix}k", b"0")
-    settings = ConsulSettings(address=consul_agent.http_addr, connection_budget=BUDGET)
+    settings = ConsulConfig(address=consul_agent.http_addr, connection_budget=BUDGET)
     async with (
         ConsulAdapter(settings) as adapter,
         Sampler(adapter, consul_agent.http_port) as sampler,
@@ -153,7 +153,7 @@ async def test_thirty_services_on_a_budget_of_eight(consul_agent: ConsulAgent) -
             "Check": {"CheckID": f"{name}-ttl", "TTL": "10m", "Status": "passing"},
         }  # fmt: skip
         await http(consul_agent, "PUT", "/v1/agent/service/register", json.dumps(body).encode())
-    settings = ConsulSettings(address=consul_agent.http_addr, connection_budget=BUDGET)
+    settings = ConsulConfig(address=consul_agent.http_addr, connection_budget=BUDGET)
     try:
         async with (
             ConsulAdapter(settings) as adapter,

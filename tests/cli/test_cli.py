@@ -49,8 +49,9 @@ async def test_db_creds_and_leases(gateway: GatewayHandle) -> None:
     assert password not in table.output
     renewed = await invoke(gateway, "leases", "renew", doc["lease_id"], "--field", "lease_id")
     assert renewed.output.strip() == doc["lease_id"]
+    # Another identity's lease looks exactly like a lease that does not exist (NOT_FOUND).
     denied = await invoke(gateway, "leases", "renew", doc["lease_id"], identity="other")
-    assert denied.exit_code == 4
+    assert denied.exit_code == 3
     revoked = await invoke(gateway, "leases", "revoke", "--force", doc["lease_id"])
     assert revoked.exit_code == 0
     assert "revoked" in revoked.output

@@ -36,7 +36,8 @@ async def test_errors_carry_their_code(
             await stranger.status()
     creds = await client.database.credentials("demo-readonly")
     async with latchkey.AsyncClient(gateway.addr, token=gateway.tokens["other"]) as other:
-        with pytest.raises(latchkey.PermissionDenied) as denied:
+        # Someone else's lease: the same NotFound as a lease that does not exist.
+        with pytest.raises(latchkey.NotFound) as denied:
             await other.leases.renew(creds.lease_id)
     assert isinstance(denied.value, latchkey.StatusError)
     assert isinstance(denied.value.__cause__, Exception)

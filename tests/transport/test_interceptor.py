@@ -49,7 +49,7 @@ class FakeConfig:
         return [], models.Freshness(index=1, confirmed_at=models.utcnow())
 
     async def watch(
-        self, prefix: str, resume_index: int = 0
+        self, prefix: str, resume_index: int = 0, resume_epoch: str = ""
     ) -> AsyncGenerator[models.ConfigEvent, None]:
         fresh = models.Freshness(index=7, confirmed_at=models.utcnow())
         yield models.ConfigSnapshot(entries=(), index=7, freshness=fresh)

@@ -16,8 +16,8 @@ from latchkey_server.errors import InvalidArgument, NotFound, Unavailable
 from latchkey_server.models import HealthStatus
 from latchkey_server.upstreams.consul import (
     ConsulAdapter,
+    ConsulConfig,
     ConsulSaturated,
-    ConsulSettings,
     ConsulUnavailable,
     classify_checks,
     go_duration,
@@ -27,7 +27,7 @@ from latchkey_server.upstreams.consul import (
 
 @pytest.fixture
 async def adapter(consul_agent: ConsulAgent) -> AsyncIterator[ConsulAdapter]:
-    async with ConsulAdapter(ConsulSettings(address=consul_agent.http_addr)) as a:
+    async with ConsulAdapter(ConsulConfig(address=consul_agent.http_addr)) as a:
         yield a
 
 
@@ -194,9 +194,9 @@ async def test_environment_token_never_leaks(
 ) -> None:
     server, url = scripted
     monkeypatch.setenv("CONSUL_HTTP_TOKEN", "env-token-must-not-leak")
-    async with ConsulAdapter(ConsulSettings(address=url)) as plain:
+    async with ConsulAdapter(ConsulConfig(address=url)) as plain:
         await plain.kv_list("p/")
-    async with ConsulAdapter(ConsulSettings(address=url, token="configured")) as with_token:
+    async with ConsulAdapter(ConsulConfig(address=url, token="configured")) as with_token:
         await with_token.kv_list("p/")
     assert "X-Consul-Token" not in server.seen[0][0]
     assert server.seen[1][0]["X-Consul-Token"] == "configured"
@@ -206,7 +206,7 @@ async def test_environment_token_never_leaks(
 
 async def test_blocking_params_only_with_an_index(scripted: tuple[Scripted, str]) -> None:
     server, url = scripted
-    async with ConsulAdapter(ConsulSettings(address=url)) as a:
+    async with ConsulAdapter(ConsulConfig(address=url)) as a:
         index, entries = await a.kv_list("p/")
         await a.kv_list("p/", index=index, wait=30.0)
     assert (index, entries) == (7, [])
@@ -224,7 +224,7 @@ async def test_server_errors_become_unavailable(
     server, url = scripted
     server.status = status
     server.body = b"rpc error: secret-ish detail"
-    async with ConsulAdapter(ConsulSettings(address=url, token="s3cr3t-t0ken")) as a:
+    async with ConsulAdapter(ConsulConfig(address=url, token="s3cr3t-t0ken")) as a:
         with pytest.raises(error) as info:
             await a.kv_list("p/")
     assert isinstance(info.value, Unavailable)
@@ -236,14 +236,14 @@ async def test_server_errors_become_unavailable(
 async def test_bad_request_is_invalid_argument(scripted: tuple[Scripted, str]) -> None:
     server, url = scripted
     server.status = 400
-    async with ConsulAdapter(ConsulSettings(address=url)) as a:
+    async with ConsulAdapter(ConsulConfig(address=url)) as a:
         with pytest.raises(InvalidArgument):
             await a.kv_list("p/")
 
 
 async def test_unreachable_agent_is_unavailable() -> None:
     (port,) = free_ports(1)
-    async with ConsulAdapter(ConsulSettings(address=f"127.0.0.1:{port}")) as a:
+    async with ConsulAdapter(ConsulConfig(address=f"127.0.0.1:{port}")) as a:
         with pytest.raises(Unavailable):
             await a.kv_get("k")
         assert a.requests_in_flight == 0
@@ -254,7 +254,7 @@ async def test_blocking_queries_leave_a_reserve_of_the_connection_budget(
 ) -> None:
     server, url = scripted
     server.hold = asyncio.Event()
-    async with ConsulAdapter(ConsulSettings(address=url, connection_budget=4)) as a:
+    async with ConsulAdapter(ConsulConfig(address=url, connection_budget=4)) as a:
         assert a.blocking_capacity == 3
         blocked = [asyncio.create_task(a.kv_list(f"p{i}/", index=5, wait=30.0)) for i in range(5)]
         deadline = asyncio.get_running_loop().time() + 10
@@ -283,7 +283,7 @@ async def test_plain_reads_never_queue_behind_blocking_queries(
 ) -> None:
     server, url = scripted
     server.hold = asyncio.Event()
-    async with ConsulAdapter(ConsulSettings(address=url, connection_budget=4)) as a:
+    async with ConsulAdapter(ConsulConfig(address=url, connection_budget=4)) as a:
         blocked = [asyncio.create_task(a.kv_list(f"p{i}/", index=5, wait=30.0)) for i in range(10)]
         deadline = asyncio.get_running_loop().time() + 10
         while server.active < a.blocking_capacity:
@@ -306,7 +306,7 @@ async def test_a_saturated_read_reserve_is_not_an_unreachable_consul(
 ) -> None:
     server, url = scripted
     server.hold_plain = asyncio.Event()
-    settings = ConsulSettings(address=url, connection_budget=2, pool_timeout=0.2)
+    settings = ConsulConfig(address=url, connection_budget=2, pool_timeout=0.2)
     async with ConsulAdapter(settings) as a:
         assert (a.blocking_capacity, a.read_reserve) == (1, 1)
         first = asyncio.create_task(a.kv_list("a/"))
@@ -360,7 +360,7 @@ async def test_real_reads_pass_while_all_blocking_slots_are_held(
     c = _client(consul_agent)
     key = f"t/held/{uuid.uuid4().hex}"
     c.kv.put(key, "v")
-    settings = ConsulSettings(address=consul_agent.http_addr, connection_budget=8)
+    settings = ConsulConfig(address=consul_agent.http_addr, connection_budget=8)
     async with ConsulAdapter(settings) as a:
         index, _ = await a.kv_list("t/held/none/")
         blocked = [

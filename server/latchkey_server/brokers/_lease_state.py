@@ -11,6 +11,7 @@ import random
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
+from latchkey_server.errors import LatchkeyError
 from latchkey_server.models import Credential, CredentialEvent
 from latchkey_server.upstreams.vault_port import RenewedLease
 
@@ -42,13 +43,16 @@ class Watch:
     pending: set[Rotation] = field(default_factory=set)
     """Rotations this stream received and has not acknowledged yet."""
     closed: bool = False
+    error: LatchkeyError | None = None
+    """Why the stream was ended, when it ends with an error (a drain)."""
 
     def send(self, event: CredentialEvent) -> None:
         if not self.closed:
             self.queue.put_nowait(event)
 
-    def end(self) -> None:
+    def end(self, error: LatchkeyError | None = None) -> None:
         if not self.closed:
+            self.error = self.error or error
             self.queue.put_nowait(None)
 
 

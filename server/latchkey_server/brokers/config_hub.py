@@ -1,9 +1,18 @@
 """Consul KV fanned out to many subscribers: one blocking query per distinct prefix.
 
 A watch stream starts with a `ConfigSnapshot` of every key under its prefix (or, with a
-`resume_index` the hub's history still covers, the missed `ConfigChange`s), then yields one
-`ConfigChange` per upstream change, interleaved with `Heartbeat`s. A subscriber too slow to keep
-up has its queued changes replaced by a fresh snapshot; nothing is lost silently.
+`resume_index` and `resume_epoch` the hub's history provably covers, the missed
+`ConfigChange`s), then yields one `ConfigChange` per upstream change, interleaved with
+`Heartbeat`s. A subscriber too slow to keep up has its queued changes replaced by a fresh
+snapshot; nothing is lost silently.
+
+Epochs: indexes are comparable only within one epoch of a prefix's watch. A watch starts a new
+epoch when it starts and whenever Consul's index does not move forward across a change (a
+restarted `-dev` agent, a restored snapshot). A resume from another epoch, or from an index the
+history does not cover, gets a snapshot flagged `reset`; at a new epoch every open stream gets
+one too (instead of a change), carrying the new epoch. Within one epoch the history holds the
+watch's own successive states, so replaying it from any index it covers is exact, even across
+an outage during which Consul restarted and moved past the old index.
 
 Watches beyond the adapter's blocking capacity are not queued for a blocking slot: they are
 "overflow" watches, all covered by one shared blocking query on their longest common prefix,
@@ -17,6 +26,7 @@ Unsubscribe by closing the stream: `async with contextlib.aclosing(hub.watch(p))
 from __future__ import annotations
 
 import collections
+import secrets
 from collections.abc import AsyncGenerator
 
 from latchkey_server.brokers._overflow import KvShared, OverflowMember, kv_fingerprint
@@ -27,7 +37,7 @@ from latchkey_server.brokers.fanout import (
     WatchedTopic,
 )
 from latchkey_server.brokers.singleflight import SingleFlight
-from latchkey_server.errors import InvalidArgument, NotFound, Unavailable
+from latchkey_server.errors import InvalidArgument, LatchkeyError, NotFound, Unavailable
 from latchkey_server.models import (
     ChangeType,
     ConfigChange,
@@ -58,6 +68,17 @@ def diff_entries(old: dict[str, ConfigEntry], new: dict[str, ConfigEntry]) -> li
     return changes
 
 
+def new_epoch() -> str:
+    return secrets.token_hex(8)
+
+
+def weigh(event: ConfigDelta) -> int:
+    """Approximate bytes an event holds (keys and values), for the per-stream queue bound."""
+    if isinstance(event, ConfigSnapshot):
+        return sum(len(e.key) + len(e.value) for e in event.entries)
+    return sum(len(c.key) + (len(c.entry.value) if c.entry else 0) for c in event.changes)
+
+
 def _validate(what: str, value: str) -> None:
     if value.startswith("/"):
         raise InvalidArgument(f"a config {what} must not start with '/'")
@@ -81,39 +102,60 @@ class _PrefixTopic(WatchedTopic[ConfigDelta, list[ConfigEntry]]):
         """(index before the change, the change), oldest first."""
         self.covered_from = 0
         """History can bring a client at any index >= this up to date."""
+        self._snapshots: dict[bool, ConfigSnapshot] = {}
+        self.epoch = new_epoch()
+        """Indexes compare only within one epoch (see the module docstring)."""
 
     def apply(self, index: int, payload: list[ConfigEntry], changed: bool, reset: bool) -> None:
+        previous_index = self.index
+        # A change whose index did not move forward cannot be ordered after what came before:
+        # like an index that went backwards, it starts a new epoch.
+        reset = reset or (self.loaded and changed and index <= previous_index)
         if not self.loaded or reset:
-            # First load, or the index went backwards (restore / restarted agent): the history
-            # no longer describes a path to the present.
             self.history.clear()
             self.covered_from = index
-        previous_index = self.index
+            self.epoch = new_epoch()
+            self._snapshots.clear()
         self.index = index
-        if not changed:
+        if not changed and not reset:
             return
         new = {entry.key: entry for entry in payload}
         old, self.entries = self.entries, new
+        self._snapshots.clear()
         if not self.loaded:
+            return
+        if reset:
+            # Open streams learn the new epoch from a full snapshot, whatever changed.
+            self.broadcast(self.snapshot(reset=True))
             return
         changes = diff_entries(old, new)
         if not changes:
             return
         event = ConfigChange(tuple(changes), index, self.freshness())
-        if not reset:
-            self.history.append((previous_index, event))
-            if len(self.history) > self.history_size:
-                _, dropped = self.history.popleft()
-                self.covered_from = dropped.index
+        self.history.append((previous_index, event))
+        if len(self.history) > self.history_size:
+            _, dropped = self.history.popleft()
+            self.covered_from = dropped.index
         self.broadcast(event)
 
-    def snapshot(self) -> ConfigSnapshot:
+    def snapshot(self, *, reset: bool = False) -> ConfigSnapshot:
+        """The current state; one shared object until the state or its freshness changes."""
+        fresh = self.freshness()
+        cached = self._snapshots.get(reset)
+        if cached is not None and cached.index == self.index and cached.freshness == fresh:
+            return cached
         entries = tuple(self.entries[key] for key in sorted(self.entries))
-        return ConfigSnapshot(entries, self.index, self.freshness())
+        snapshot = ConfigSnapshot(entries, self.index, fresh, epoch=self.epoch, reset=reset)
+        self._snapshots[reset] = snapshot
+        return snapshot
 
-    def catch_up(self, resume_index: int, limit: int) -> list[ConfigDelta]:
-        """What a client at `resume_index` needs: nothing, missed changes, or a snapshot."""
-        if resume_index > 0:
+    def catch_up(self, resume_index: int, resume_epoch: str, limit: int) -> list[ConfigDelta]:
+        """What a client at (`resume_index`, `resume_epoch`) needs: nothing, the missed changes
+        (only when this epoch's history provably leads from there to now), or a snapshot
+        (flagged `reset` when it replaces a resume)."""
+        if resume_index <= 0:
+            return [self.snapshot()]
+        if resume_epoch == self.epoch:
             if resume_index == self.index:
                 return []
             if self.covered_from <= resume_index < self.index:
@@ -122,7 +164,7 @@ class _PrefixTopic(WatchedTopic[ConfigDelta, list[ConfigEntry]]):
                 ]
                 if len(missed) <= limit:
                     return missed
-        return [self.snapshot()]
+        return [self.snapshot(reset=True)]
 
 
 class ConfigHub:
@@ -137,6 +179,7 @@ class ConfigHub:
         history: int = 1000,
         linger: float = 5.0,
         queue_size: int = 256,
+        queue_bytes: int = 8 << 20,
         read_cache_size: int = 1024,
         watch_settings: WatchSettings | None = None,
     ) -> None:
@@ -145,6 +188,8 @@ class ConfigHub:
         self.stale_limit = stale_limit
         self.history = history
         self.queue_size = queue_size
+        self.queue_bytes = queue_bytes
+        """Bytes of changes one subscriber may have queued before it is resynced instead."""
         self._settings = watch_settings or WatchSettings()
         self._topics: TopicRegistry[str, _PrefixTopic] = TopicRegistry(
             self._new_topic, linger=linger
@@ -154,6 +199,9 @@ class ConfigHub:
         self._got: LastGood[str, ConfigEntry] = LastGood(read_cache_size)
         self._listed: LastGood[str, list[ConfigEntry]] = LastGood(read_cache_size)
         self._closed = False
+        self._closed_error: LatchkeyError = Unavailable(
+            "the config hub is shutting down", retry_after=1.0
+        )
         self._shared = consul if isinstance(consul, SharedWatchUpstream) else None
         self._group: KvShared | None = None
 
@@ -184,10 +232,14 @@ class ConfigHub:
         """Nothing to warm up: watches start with their first subscriber."""
         self._closed = False
 
-    async def close(self) -> None:
-        """Stop every upstream watch and end every stream with `Unavailable`."""
+    async def close(self, error: LatchkeyError | None = None) -> None:
+        """Stop every upstream watch and end every stream with `error` (a drain says why), or
+        `Unavailable`; later calls fail with the same error."""
         self._closed = True
-        await self._topics.close(Unavailable("the config hub is shutting down", retry_after=1.0))
+        self._closed_error = error or Unavailable(
+            "the config hub is shutting down", retry_after=1.0
+        )
+        await self._topics.close(self._closed_error)
         if self._group is not None:
             await self._group.close()
         await self._get_flight.cancel_all()
@@ -205,7 +257,7 @@ class ConfigHub:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise Unavailable("the config hub is shutting down", retry_after=1.0)
+            raise self._closed_error
 
     def _covering(self, prefix: str) -> _PrefixTopic | None:
         """A usable live watch whose prefix covers `prefix` (keys are plain string prefixes)."""
@@ -269,7 +321,7 @@ class ConfigHub:
     # ------------------------------------------------------------------ streams
 
     def watch(
-        self, prefix: str, resume_index: int = 0
+        self, prefix: str, resume_index: int = 0, resume_epoch: str = ""
     ) -> AsyncGenerator[ConfigSnapshot | ConfigChange | Heartbeat, None]:
         """Stream a prefix. Arguments are checked now; the subscription starts on first
         iteration and ends when the iterator is closed (or its consumer is cancelled)."""
@@ -277,23 +329,25 @@ class ConfigHub:
         _validate("prefix", prefix)
         if resume_index < 0:
             raise InvalidArgument("resume_index must not be negative")
-        return self._stream(prefix, resume_index)
+        return self._stream(prefix, resume_index, resume_epoch)
 
     async def _stream(
-        self, prefix: str, resume_index: int
+        self, prefix: str, resume_index: int, resume_epoch: str
     ) -> AsyncGenerator[ConfigSnapshot | ConfigChange | Heartbeat, None]:
         self._check_open()
         topic = self._topics.acquire(prefix)
-        sub: Subscriber[ConfigDelta] = Subscriber(self.queue_size)
+        sub: Subscriber[ConfigDelta] = Subscriber(
+            self.queue_size, max_bytes=self.queue_bytes, weigh=weigh
+        )
         try:
             await topic.wait_usable(self.stale_limit, f"config under prefix {prefix!r}")
-            for missed in topic.catch_up(resume_index, self.queue_size // 2):
+            for missed in topic.catch_up(resume_index, resume_epoch, self.queue_size // 2):
                 sub.push(missed)
             topic.subscribers.add(sub)
             async for event in sub.stream(
                 self.heartbeat_interval,
                 lambda: Heartbeat(topic.freshness()),
-                lambda: [topic.snapshot()],
+                lambda: [topic.snapshot(reset=True)],
             ):
                 yield event
         finally:

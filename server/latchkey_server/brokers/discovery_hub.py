@@ -4,7 +4,9 @@ The upstream watch fetches every instance (not `?passing`) with its worst check 
 subscriber sees its own filtered view: passing instances, plus warning ones (flagged WARNING)
 when its query has `include_warning`. Critical instances are never served. A stream yields the
 full `InstanceSet` whenever that subscriber's filtered set changes (and first thing), plus
-`Heartbeat`s.
+`Heartbeat`s. Sets carry the watch's epoch: when Consul's index goes backwards (or a change
+comes without the index moving forward) a new epoch starts, and every stream gets the set
+flagged `reset`, even if its instances did not change.
 
 Watches beyond the adapter's blocking capacity are "overflow" watches: one shared blocking query
 on the datacenter's checks (`/v1/health/state/any`) covers all of them, and only services whose
@@ -16,6 +18,7 @@ Unsubscribe by closing the stream: `async with contextlib.aclosing(hub.watch(q))
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncGenerator
 
 from latchkey_server.brokers._overflow import HealthShared, OverflowMember, ServiceKey
@@ -26,7 +29,7 @@ from latchkey_server.brokers.fanout import (
     WatchedTopic,
 )
 from latchkey_server.brokers.singleflight import SingleFlight
-from latchkey_server.errors import InvalidArgument, Unavailable
+from latchkey_server.errors import InvalidArgument, LatchkeyError, Unavailable
 from latchkey_server.models import (
     Freshness,
     HealthStatus,
@@ -60,13 +63,21 @@ class _ServiceSubscriber(Subscriber[InstanceSet]):
         self.include_warning = include_warning
         self.last_sent: tuple[Instance, ...] | None = None
 
-    def offer(self, instances: list[Instance], index: int, freshness: Freshness) -> None:
-        """Queue the filtered set if it differs from the last one queued (latest value wins)."""
+    def offer(
+        self,
+        instances: list[Instance],
+        index: int,
+        freshness: Freshness,
+        epoch: str,
+        reset: bool = False,
+    ) -> None:
+        """Queue the filtered set if it differs from the last one queued, or starts a new
+        epoch (latest value wins)."""
         view = serveable(instances, self.include_warning)
-        if view == self.last_sent:
+        if view == self.last_sent and not reset:
             return
         self.last_sent = view
-        self.replace(InstanceSet(view, index, freshness))
+        self.replace(InstanceSet(view, index, freshness, epoch=epoch, reset=reset))
 
 
 class _ServiceTopic(WatchedTopic[InstanceSet, list[Instance]]):
@@ -76,19 +87,28 @@ class _ServiceTopic(WatchedTopic[InstanceSet, list[Instance]]):
         service, tag, datacenter = key
         super().__init__(f"health:{service}|{tag}|{datacenter}", fetch, settings)
         self.instances: list[Instance] = []
+        self.epoch = secrets.token_hex(8)
 
     def apply(self, index: int, payload: list[Instance], changed: bool, reset: bool) -> None:
+        reset = self.loaded and (reset or (changed and index <= self.index))
+        if reset:
+            self.epoch = secrets.token_hex(8)
         self.index = index
-        if not changed:
+        if not changed and not reset:
             return
         self.instances = payload
         freshness = self.freshness()
         for sub in self.subscribers:
             if isinstance(sub, _ServiceSubscriber):
-                sub.offer(payload, index, freshness)
+                sub.offer(payload, index, freshness, self.epoch, reset)
 
     def view(self, include_warning: bool) -> InstanceSet:
-        return InstanceSet(serveable(self.instances, include_warning), self.index, self.freshness())
+        return InstanceSet(
+            serveable(self.instances, include_warning),
+            self.index,
+            self.freshness(),
+            epoch=self.epoch,
+        )
 
 
 class DiscoveryHub:
@@ -114,6 +134,9 @@ class DiscoveryHub:
         self._flight: SingleFlight[ServiceKey, tuple[int, list[Instance]]] = SingleFlight()
         self._last: LastGood[ServiceKey, list[Instance]] = LastGood(read_cache_size)
         self._closed = False
+        self._closed_error: LatchkeyError = Unavailable(
+            "the discovery hub is shutting down", retry_after=1.0
+        )
         self._shared = consul if isinstance(consul, SharedWatchUpstream) else None
         self._groups: dict[str, HealthShared] = {}
 
@@ -150,11 +173,14 @@ class DiscoveryHub:
         """Nothing to warm up: watches start with their first subscriber."""
         self._closed = False
 
-    async def close(self) -> None:
-        """Stop every upstream watch and end every stream with `Unavailable`."""
+    async def close(self, error: LatchkeyError | None = None) -> None:
+        """Stop every upstream watch and end every stream with `error` (a drain says why), or
+        `Unavailable`; later calls fail with the same error."""
         self._closed = True
-        error = Unavailable("the discovery hub is shutting down", retry_after=1.0)
-        await self._topics.close(error)
+        self._closed_error = error or Unavailable(
+            "the discovery hub is shutting down", retry_after=1.0
+        )
+        await self._topics.close(self._closed_error)
         await self._flight.cancel_all()
         for group in self._groups.values():
             await group.close()
@@ -170,7 +196,7 @@ class DiscoveryHub:
 
     def _check(self, query: ServiceQuery) -> None:
         if self._closed:
-            raise Unavailable("the discovery hub is shutting down", retry_after=1.0)
+            raise self._closed_error
         if not query.service:
             raise InvalidArgument("a service name must not be empty")
         if query.service.startswith("/"):
@@ -214,7 +240,7 @@ class DiscoveryHub:
         sub = _ServiceSubscriber(query.include_warning)
         try:
             await topic.wait_usable(self.stale_limit, f"instances of service {query.service!r}")
-            sub.offer(topic.instances, topic.index, topic.freshness())
+            sub.offer(topic.instances, topic.index, topic.freshness(), topic.epoch)
             topic.subscribers.add(sub)
             async for event in sub.stream(
                 self.heartbeat_interval, lambda: Heartbeat(topic.freshness())

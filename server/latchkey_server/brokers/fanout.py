@@ -3,9 +3,10 @@
 - A `Topic` is one upstream watch shared by any number of `Subscriber`s.
 - `TopicRegistry` creates a topic with its first subscriber and stops it (cancelling its
   in-flight upstream request) `linger` seconds after its last subscriber left.
-- A `Subscriber` has a bounded queue. When it overflows (a slow consumer), its queued events
-  are dropped and it is marked for a resync: its stream then yields whatever the hub's
-  `resync` callable returns (a fresh snapshot), so no update is ever silently lost.
+- A `Subscriber` has a queue bounded in events and, with a `weigh` function, in bytes. When it
+  overflows (a slow consumer), its queued events are dropped and it is marked for a resync:
+  its stream then yields whatever the hub's `resync` callable returns (a fresh snapshot), so
+  no update is ever silently lost.
 - `Subscriber.stream()` interleaves events with heartbeats every `heartbeat_interval` seconds
   and an immediate heartbeat on request (reachability changes).
 """
@@ -42,8 +43,18 @@ TopicT = TypeVar("TopicT", bound="Topic[Any]")
 class Subscriber(Generic[E]):
     """One consumer's queue. Everything but `stream()` is synchronous and never blocks."""
 
-    def __init__(self, maxsize: int = 256) -> None:
+    def __init__(
+        self,
+        maxsize: int = 256,
+        *,
+        max_bytes: int | None = None,
+        weigh: Callable[[E], int] | None = None,
+    ) -> None:
         self.maxsize = maxsize
+        self.max_bytes = max_bytes
+        self._weigh = weigh
+        self.queued_bytes = 0
+        """Approximate bytes of the queued events (when a `weigh` function is given)."""
         self._queue: collections.deque[E] = collections.deque()
         self._wake = asyncio.Event()
         self.resync_needed = False
@@ -56,15 +67,26 @@ class Subscriber(Generic[E]):
         """Queue an event; on overflow drop the queue and ask for a resync instead."""
         if self._closed:
             return
+        size = self._weigh(event) if self._weigh is not None else 0
         if self.resync_needed:
             pass  # the coming resync supersedes anything queued now
-        elif len(self._queue) >= self.maxsize:
+        elif len(self._queue) >= self.maxsize or (
+            self.max_bytes is not None and self.queued_bytes + size > self.max_bytes
+        ):
             self._queue.clear()
+            self.queued_bytes = 0
             self.resync_needed = True
             self.overflows += 1
         else:
             self._queue.append(event)
+            self.queued_bytes += size
         self._wake.set()
+
+    def _pop(self) -> E:
+        event = self._queue.popleft()
+        if self._weigh is not None:
+            self.queued_bytes = max(0, self.queued_bytes - self._weigh(event))
+        return event
 
     def replace(self, event: E) -> None:
         """Latest-value mode: the queue holds only `event` (for full-state events)."""
@@ -72,6 +94,7 @@ class Subscriber(Generic[E]):
             return
         self._queue.clear()
         self._queue.append(event)
+        self.queued_bytes = self._weigh(event) if self._weigh is not None else 0
         self._wake.set()
 
     def request_heartbeat(self) -> None:
@@ -99,11 +122,12 @@ class Subscriber(Generic[E]):
             if self.resync_needed:
                 self.resync_needed = False
                 self._queue.clear()
+                self.queued_bytes = 0
                 for event in resync() if resync else ():
                     yield event
                 continue
             if self._queue:
-                yield self._queue.popleft()
+                yield self._pop()
                 continue
             if self._closed:
                 return

@@ -35,7 +35,6 @@ from latchkey_server.errors import (
     InvalidArgument,
     LatchkeyError,
     NotFound,
-    PermissionDenied,
     Unavailable,
 )
 from latchkey_server.models import (
@@ -52,6 +51,11 @@ from latchkey_server.observability.telemetry import Telemetry
 from latchkey_server.upstreams.vault_port import VaultUpstream
 
 log = logging.getLogger("latchkey.brokers.leases")
+
+
+def no_such_lease(lease_id: str) -> str:
+    """The one message for a lease the caller may not act on (missing, or someone else's)."""
+    return f"no lease {lease_id} held by the gateway for this caller"
 
 
 class LeaseBroker(LeaseEngine):
@@ -109,6 +113,7 @@ class LeaseBroker(LeaseEngine):
         self._close_upstream = close_upstream
         self._unsubscribe: builtins.list[Callable[[], None]] = []
         self._started = False
+        self._draining: LatchkeyError | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -116,6 +121,8 @@ class LeaseBroker(LeaseEngine):
         self._ensure_started()
 
     def _ensure_started(self) -> None:
+        if self._draining is not None:
+            raise self._draining
         if self._closed:
             raise Unavailable("the gateway is shutting down", retry_after=1.0)
         if not self._started:
@@ -124,6 +131,13 @@ class LeaseBroker(LeaseEngine):
                 self._vault.add_token_deadline_listener(self._on_token_deadline),
                 self._vault.add_reachability_listener(self._on_reachability),
             ]
+
+    async def drain(self, error: LatchkeyError) -> None:
+        """First step of a shutdown: end every credential stream with `error` (its holds are
+        released; leases are revoked later, by `close`) and refuse new requests with it."""
+        self._draining = error
+        for watch in builtins.list(self._watches.values()):
+            watch.end(error)
 
     async def close(self) -> None:
         """Graceful shutdown: stop the lease tasks, revoke every lease in Vault, end streams."""
@@ -212,6 +226,8 @@ class LeaseBroker(LeaseEngine):
                 except TimeoutError:
                     event = CredentialHeartbeat(watch.id, self._freshness())
                 if event is None:
+                    if watch.error is not None:
+                        raise watch.error
                     return
                 yield event
         finally:
@@ -228,7 +244,7 @@ class LeaseBroker(LeaseEngine):
             raise NotFound(f"rotation {rotation_id} is unknown or already complete")
         old = rotation.old
         if old.identity != identity or watch_id not in rotation.watchers:
-            raise NotFound(f"watch {watch_id} did not receive rotation {rotation_id}")
+            raise NotFound(f"rotation {rotation_id} is unknown or already complete")
         rotation.awaiting.discard(watch_id)
         rotation.acked.add(watch_id)
         watch = self._watches.get(watch_id)
@@ -304,10 +320,12 @@ class LeaseBroker(LeaseEngine):
 
     def _held(self, identity: str, lease_id: str, *, force: bool) -> Lease:
         lease = self._leases.get(lease_id)
-        if lease is None or lease.done or (lease.lost and not lease.streams):
-            raise NotFound(f"lease {lease_id} is not held by the gateway")
-        if lease.identity != identity and not force:
-            raise PermissionDenied(f"lease {lease_id} is not held by the caller")
+        gone = lease is None or lease.done or (lease.lost and not lease.streams)
+        if gone or (lease is not None and lease.identity != identity and not force):
+            # One answer whether the lease does not exist or belongs to someone else: the
+            # caller learns nothing about other identities' leases.
+            raise NotFound(no_such_lease(lease_id))
+        assert lease is not None
         return lease
 
     def _hold_unary(self, lease: Lease, *, extra: bool = True) -> None:

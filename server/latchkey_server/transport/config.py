@@ -23,7 +23,7 @@ class ConfigSource(Protocol):
     async def get(self, key: str) -> tuple[models.ConfigEntry, models.Freshness]: ...
     async def list(self, prefix: str) -> tuple[list[models.ConfigEntry], models.Freshness]: ...
     def watch(
-        self, prefix: str, resume_index: int = 0
+        self, prefix: str, resume_index: int = 0, resume_epoch: str = ""
     ) -> AsyncGenerator[models.ConfigEvent, None]: ...
 
 
@@ -63,7 +63,9 @@ class ConfigServicer(config_pb2_grpc.ConfigServicer):
         identity = current_identity()
         grant = self._gate.open_stream(identity, ResourceKind.CONFIG, prefix, "watch")
         try:
-            async with aclosing(self._hub.watch(prefix, request.resume_index)) as events:
+            resume_epoch = validate.epoch(request.resume_epoch)
+            watch = self._hub.watch(prefix, request.resume_index, resume_epoch)
+            async with aclosing(watch) as events:
                 async for event in events:
                     grant.check()
                     visible = self._filter(identity, event)

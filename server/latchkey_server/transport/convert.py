@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import weakref
 from datetime import datetime, timedelta
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
@@ -125,7 +126,26 @@ def config_entry(value: models.ConfigEntry) -> config_pb2.ConfigEntry:
 def config_event(event: models.ConfigEvent) -> config_pb2.ConfigEvent:
     if isinstance(event, models.ConfigChange):
         return _config_change(event)
+    if isinstance(event, models.ConfigSnapshot):
+        return _config_snapshot(event)
     return _config_event(event)
+
+
+_snapshots: dict[int, config_pb2.ConfigEvent] = {}
+
+
+def _config_snapshot(event: models.ConfigSnapshot) -> config_pb2.ConfigEvent:
+    """One conversion per snapshot object, kept exactly as long as the object lives.
+
+    A big prefix's snapshot is shared by every stream that opens while it is current; keyed
+    by identity (hashing megabytes of entries per stream would cost as much as converting).
+    """
+    key = id(event)
+    converted = _snapshots.get(key)
+    if converted is None:
+        converted = _snapshots[key] = _config_event(event)
+        weakref.finalize(event, _snapshots.pop, key, None)
+    return converted
 
 
 @functools.lru_cache(maxsize=64)
@@ -145,6 +165,8 @@ def _config_event(event: models.ConfigEvent) -> config_pb2.ConfigEvent:
                     entries=[config_entry(e) for e in event.entries],
                     index=event.index,
                     freshness=freshness(event.freshness),
+                    reset=event.reset,
+                    epoch=event.epoch,
                 )
             )
         case models.ConfigChange():
@@ -196,6 +218,8 @@ def instance_set(value: models.InstanceSet) -> discovery_pb2.InstanceSet:
         instances=[instance(i) for i in value.instances],
         index=value.index,
         freshness=freshness(value.freshness),
+        epoch=value.epoch,
+        reset=value.reset,
     )
 
 

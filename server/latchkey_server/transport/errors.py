@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from typing import Any, NoReturn
@@ -33,6 +34,8 @@ def status_name(error: BaseException | None) -> str:
         return error.status.value
     if isinstance(error, grpc.aio.AbortError):
         return "ABORTED_BY_HANDLER"
+    if isinstance(error, asyncio.CancelledError):
+        return "CANCELLED"
     return "INTERNAL"
 
 

@@ -10,11 +10,16 @@ import grpc
 
 from latchkey.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from latchkey_server import __version__
+from latchkey_server.access.authz import ResourceKind
 from latchkey_server.access.context import current_identity
+from latchkey_server.access.gate import AccessGate
 from latchkey_server.models import utcnow
 from latchkey_server.transport import convert
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+STATUS_RESOURCE = "status"
+"""The resource Gateway.Status is authorized on: `gateway "status"` (or `gateway "*"`)."""
 
 
 class UpstreamHealth(Protocol):
@@ -27,14 +32,18 @@ class UpstreamHealth(Protocol):
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
-    def __init__(self, upstreams: Sequence[UpstreamHealth], started_at: datetime) -> None:
+    def __init__(
+        self, upstreams: Sequence[UpstreamHealth], started_at: datetime, gate: AccessGate
+    ) -> None:
         self._upstreams = upstreams
         self._started_at = started_at
+        self._gate = gate
 
     async def Status(
         self, request: gateway_pb2.StatusRequest, context: Context
     ) -> gateway_pb2.StatusResponse:
         identity = current_identity()
+        self._gate.authorize(identity, ResourceKind.GATEWAY, STATUS_RESOURCE, "status")
         now = utcnow()
         out = gateway_pb2.StatusResponse(
             identity=identity.name,

@@ -25,9 +25,11 @@ from latchkey_server.access.audit import AuditLog
 from latchkey_server.access.authn import Authenticator
 from latchkey_server.access.gate import AccessGate
 from latchkey_server.access.ratelimit import RateLimiter
+from latchkey_server.errors import InvalidArgument
 from latchkey_server.observability.telemetry import Telemetry
 from latchkey_server.transport.config import ConfigServicer, ConfigSource
 from latchkey_server.transport.discovery import DiscoveryServicer, DiscoverySource
+from latchkey_server.transport.flow import FlowLimits
 from latchkey_server.transport.gateway import GatewayServicer, UpstreamHealth
 from latchkey_server.transport.interceptor import GatewayInterceptor
 from latchkey_server.transport.secrets import LeaseSource, SecretSource, SecretsServicer
@@ -39,8 +41,10 @@ GATEWAY_SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 SERVICE_NAMES = (SECRETS_SERVICE, CONFIG_SERVICE, DISCOVERY_SERVICE, GATEWAY_SERVICE)
 
 # Message size limits, keepalive, and room for a reconnect storm (the default
-# max_pending_requests drops bursts of ~1,000 new calls).
+# max_pending_requests drops bursts of ~1,000 new calls). SO_REUSEPORT is off: a second gateway
+# binding the same address must fail, not silently answer part of the connections.
 GRPC_OPTIONS = (
+    ("grpc.so_reuseport", 0),
     ("grpc.max_receive_message_length", 1 << 20),
     ("grpc.max_send_message_length", 16 << 20),
     ("grpc.keepalive_time_ms", 30_000),
@@ -63,6 +67,20 @@ class TlsMaterial:
 
 
 @dataclass(frozen=True)
+class GrpcConfig:
+    """What the gRPC endpoint is built from."""
+
+    listen: str
+    """host:port to bind (port 0 picks a free one)."""
+    tls: TlsMaterial | None = None
+    """None serves plaintext."""
+    kv_mount: str = "secret"
+    """Default KV v2 mount for GetSecret when the request names none."""
+    flow: FlowLimits = dataclasses.field(default_factory=FlowLimits)
+    """Bounds on what streams may keep queued (transport/flow.py)."""
+
+
+@dataclass(frozen=True)
 class Sources:
     """What the servicers read from (the brokers)."""
 
@@ -78,18 +96,23 @@ class GrpcServer:
 
     def __init__(
         self,
+        config: GrpcConfig,
         sources: Sources,
         authn: Authenticator,
         gate: AccessGate,
         *,
-        kv_mount: str,
         started_at: datetime,
         audit: AuditLog | None = None,
         limiter: RateLimiter | None = None,
         telemetry: Telemetry | None = None,
     ) -> None:
+        self.config = config
+        kv_mount = config.kv_mount
         self._health = health.aio.HealthServicer()
-        interceptor = GatewayInterceptor(authn, audit=audit, limiter=limiter, telemetry=telemetry)
+        interceptor = GatewayInterceptor(
+            authn, audit=audit, limiter=limiter, telemetry=telemetry, flow=config.flow
+        )
+        self._interceptor = interceptor
         server = grpc.aio.server(interceptors=[interceptor], options=GRPC_OPTIONS)
         secrets_pb2_grpc.add_SecretsServicer_to_server(
             SecretsServicer(sources.secrets, sources.leases, gate, kv_mount=kv_mount), server
@@ -99,7 +122,7 @@ class GrpcServer:
             DiscoveryServicer(sources.discovery, gate), server
         )
         gateway_pb2_grpc.add_GatewayServicer_to_server(
-            GatewayServicer(sources.upstreams, started_at), server
+            GatewayServicer(sources.upstreams, started_at, gate), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -107,8 +130,24 @@ class GrpcServer:
         )
         self._server = server
 
-    async def start(self, listen: str, tls: TlsMaterial | None) -> int:
-        """Bind `listen` (port 0 picks one) with TLS (None: plaintext), start, report SERVING."""
+    async def start(self) -> int:
+        """Bind the configured address with its TLS, start, report SERVING; return the port.
+
+        Raises InvalidArgument when the address cannot be bound (in use, not local, bad form).
+        """
+        listen, tls = self.config.listen, self.config.tls
+        try:
+            port = self._bind(listen, tls)
+        except RuntimeError as exc:  # grpc raises RuntimeError("Failed to bind to address ...")
+            raise InvalidArgument(_bind_error(listen)) from exc
+        if port == 0:
+            raise InvalidArgument(_bind_error(listen))
+        await self._server.start()
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return port
+
+    def _bind(self, listen: str, tls: TlsMaterial | None) -> int:
         if tls is None:
             port = self._server.add_insecure_port(listen)
         else:
@@ -118,18 +157,25 @@ class GrpcServer:
                 require_client_auth=tls.client_ca is not None and tls.require_client_cert,
             )
             port = self._server.add_secure_port(listen, credentials)
-        if port == 0:
-            raise OSError(f"cannot listen on {listen}")
-        await self._server.start()
-        for name in ("", *SERVICE_NAMES):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return port
 
     async def set_serving(self, service: str, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse
         await self._health.set(service, status.SERVING if serving else status.NOT_SERVING)
 
+    async def not_serving(self) -> None:
+        """Report NOT_SERVING for every service (and ignore later changes): shutdown has begun."""
+        await self._health.enter_graceful_shutdown()
+
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, refuse new calls, give in-flight calls `grace` seconds."""
         await self._health.enter_graceful_shutdown()
+        self._interceptor.stopping = True
         await self._server.stop(grace)
+
+
+def _bind_error(listen: str) -> str:
+    return (
+        f"cannot listen on {listen}: the address is in use (another latchkey gateway or "
+        "another program holds it) or is not a local address; choose another `listen`"
+    )

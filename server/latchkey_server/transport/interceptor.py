@@ -8,31 +8,70 @@ A call that returns secret values is audited *before* the value leaves: if the a
 cannot be written and audit is fail-closed, the call fails with UNAVAILABLE instead.
 Authorization happens in the servicers through the access gate, which records its decision on
 the same request record.
+
+A server stream is driven from the task gRPC runs the call in (a coroutine handler writing with
+`context.write`, not an async generator gRPC iterates): its end, however it comes (the client
+cancels, the gateway drains, a policy reload, a stalled client, an error), is handled and
+audited there, exactly once (`stream_end` with its cause in `detail`), and the context
+variables are reset in the context that set them. Writes go through `StreamSender` (flow.py).
+Public methods (health, reflection) are not authenticated, but a health request that cannot be
+decoded still gets INVALID_ARGUMENT, not gRPC's logged UNKNOWN.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 
 import grpc
 
 from latchkey_server.access.audit import AuditLog, AuditRecord
 from latchkey_server.access.authn import Authenticator
+from latchkey_server.access.budget import QueueBudget
 from latchkey_server.access.context import reset_identity, set_identity
 from latchkey_server.access.ratelimit import RateLimiter
 from latchkey_server.access.request import RequestInfo, begin, end
-from latchkey_server.errors import InvalidArgument, LatchkeyError, Unauthenticated
+from latchkey_server.errors import (
+    Draining,
+    InvalidArgument,
+    LatchkeyError,
+    PermissionDenied,
+    ResourceExhausted,
+    StreamStalled,
+    Unauthenticated,
+)
 from latchkey_server.models import Identity, utcnow
 from latchkey_server.observability.telemetry import Telemetry
 from latchkey_server.transport.errors import abort_with, status_name
+from latchkey_server.transport.flow import FlowLimits, SharedPayloads, StreamSender
 
 log = logging.getLogger("latchkey.transport")
 
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
                    "/grpc.reflection.v1.ServerReflection/")  # fmt: skip
+
+
+def end_cause(error: BaseException | None, *, stopping: bool = False) -> str:
+    """Why a stream ended, as the audit log's `stream_end` records it (`detail`)."""
+    if error is None:
+        return "completed"
+    if isinstance(error, asyncio.CancelledError):
+        return "shutdown" if stopping else "client_cancel"
+    if isinstance(error, Draining):
+        return "drain"
+    if isinstance(error, PermissionDenied):
+        return "policy"
+    if isinstance(error, StreamStalled):
+        return "stalled"
+    if isinstance(error, ResourceExhausted):
+        return "limit"
+    return "error"
+
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -51,8 +90,14 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         audit: AuditLog | None = None,
         limiter: RateLimiter | None = None,
         telemetry: Telemetry | None = None,
+        flow: FlowLimits | None = None,
     ) -> None:
         self._authn = authenticator
+        self._flow = flow or FlowLimits()
+        self._budget = QueueBudget(self._flow.identity_bytes)
+        self._shared = SharedPayloads()
+        self.stopping = False
+        """Set by the server when it stops: a cancelled stream then ended by shutdown."""
         self._telemetry = telemetry or Telemetry()
         # Wrapped handlers and metric children are built once per method, not per call.
         self._wrapped: dict[str, Any] = {}
@@ -82,7 +127,13 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         return identity
 
     def _audit(
-        self, info: RequestInfo, error: BaseException | None, event: str, *, quiet: bool = False
+        self,
+        info: RequestInfo,
+        error: BaseException | None,
+        event: str,
+        *,
+        quiet: bool = False,
+        detail: str = "",
     ) -> None:
         """Write one audit line; raises AuditUnavailable when a secret must not leave unaudited."""
         identity = info.identity
@@ -104,6 +155,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             latency_ms=info.latency_ms(),
             event=event,  # type: ignore[arg-type]
             returned=dict(info.returned),
+            detail=detail,
         )
         if event in ("request", "stream_end"):
             self._count(info, record.code, "unary" if event == "request" else "stream")
@@ -137,9 +189,12 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         if wrapped is not None:
             return wrapped
         handler: Any = await continuation(handler_call_details)
-        if handler is None or method.startswith(PUBLIC_PREFIXES):
+        if handler is None:
             return handler
-        wrapped = self._wrap(method, handler)
+        if method.startswith(PUBLIC_PREFIXES):
+            wrapped = _decoding(method, handler)
+        else:
+            wrapped = self._wrap(method, handler)
         self._wrapped[method] = wrapped
         return wrapped
 
@@ -183,36 +238,101 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_stream:
             inner_us: Any = handler.unary_stream
 
-            async def stream(raw: bytes, context: Context) -> AsyncIterator[Any]:
-                info = RequestInfo(rpc=method, peer=context.peer() or "")
-                request_token = begin(info)
-                identity_token = None
-                opened = False
-                try:
-                    identity_token = set_identity(self._admit(context, info))
-                    async for item in inner_us(parse(raw), context):
-                        if not opened or info.returned:
-                            self._audit(info, None, "stream_event" if opened else "stream_open")
-                            opened = True
-                        yield item
-                    self._audit(info, None, "stream_end", quiet=True)
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as exc:
-                    self._audit_failure(info, exc, "stream_end" if opened else "request")
-                    await abort_with(context, exc)
-                finally:
-                    if identity_token is not None:
-                        reset_identity(identity_token)
-                    end(request_token)
+            async def stream(raw: bytes, context: Context) -> None:
+                await self._stream(method, inner_us, parse, raw, context)
 
-            return grpc.unary_stream_rpc_method_handler(
-                stream, response_serializer=handler.response_serializer
-            )
+            # Messages are serialized by the StreamSender (shared between streams).
+            return grpc.unary_stream_rpc_method_handler(stream)
         return handler
 
-    def _audit_failure(self, info: RequestInfo, error: BaseException, event: str) -> None:
-        """Audit a failed call; never raises (the call is failing anyway)."""
+    async def _stream(
+        self,
+        method: str,
+        inner: Callable[[Any, Context], Any],
+        parse: Callable[[bytes], Any],
+        raw: bytes,
+        context: Context,
+    ) -> None:
+        """Run one server stream in this (the call's own) task, and end it exactly once."""
+        info = RequestInfo(rpc=method, peer=context.peer() or "")
+        request_token = begin(info)
+        identity_token = None
+        sender: StreamSender | None = None
+        opened = False
+        try:
+            identity = self._admit(context, info)
+            identity_token = set_identity(identity)
+            sender = StreamSender(context, identity.name, self._flow, self._budget, self._shared)
+            async with aclosing(inner(parse(raw), context)) as events:
+                async for item in events:
+                    if not opened or info.returned:
+                        self._audit(info, None, "stream_event" if opened else "stream_open")
+                        opened = True
+                    await sender.send(item)
+            if opened:
+                self._audit(info, None, "stream_end", quiet=True, detail="cause=completed")
+        except asyncio.CancelledError as exc:
+            cause = end_cause(exc, stopping=self.stopping)
+            event = "stream_end" if opened else "request"
+            self._audit_failure(info, exc, event, detail=f"cause={cause}")
+            raise
+        except Exception as exc:
+            event = "stream_end" if opened else "request"
+            self._audit_failure(info, exc, event, detail=f"cause={end_cause(exc)}")
+            await abort_with(context, exc)
+        finally:
+            if sender is not None:
+                sender.close()
+            if identity_token is not None:
+                reset_identity(identity_token)
+            end(request_token)
+
+    def _audit_failure(
+        self, info: RequestInfo, error: BaseException | None, event: str, *, detail: str = ""
+    ) -> None:
+        """Audit a failed or cancelled call; never raises (the call is ending anyway)."""
         info.returned.clear()
         with contextlib.suppress(LatchkeyError):
-            self._audit(info, error, event, quiet=True)
+            self._audit(info, error, event, quiet=True, detail=detail)
+
+
+def _decoding(method: str, handler: Any) -> Any:
+    """A public handler whose undecodable requests get INVALID_ARGUMENT (and no log line)."""
+    decode = handler.request_deserializer
+    if decode is None or handler.request_streaming:
+        return handler  # reflection decodes per message, inside its own servicer
+    name = method.rsplit("/", 1)[-1]
+
+    async def parsed(raw: bytes, context: Context) -> Any:
+        try:
+            return decode(raw)
+        except Exception:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{name}: the request is not a valid {name} request message",
+            )
+
+    if handler.unary_unary:
+        inner_uu: Any = handler.unary_unary
+
+        async def unary(raw: bytes, context: Context) -> Any:
+            return await inner_uu(await parsed(raw, context), context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary, response_serializer=handler.response_serializer
+        )
+    if handler.unary_stream:
+        inner_us: Any = handler.unary_stream
+        serialize = handler.response_serializer
+
+        async def stream(raw: bytes, context: Context) -> None:
+            request = await parsed(raw, context)
+            if inspect.isasyncgenfunction(inner_us):
+                async with aclosing(inner_us(request, context)) as items:
+                    async for item in items:
+                        await context.write(item)
+            else:
+                await inner_us(request, context)
+
+        return grpc.unary_stream_rpc_method_handler(stream, response_serializer=serialize)
+    return handler

@@ -113,12 +113,15 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServicer):
     async def RenewLease(
         self, request: secrets_pb2.RenewLeaseRequest, context: Context
     ) -> secrets_pb2.RenewLeaseResponse:
-        lease_id = validate.lease_id(request.lease_id)
+        # Out-of-range durations are refused before anything else (no conversion, no lookup).
         increment = (
-            validate.increment_seconds(request.increment.ToTimedelta().total_seconds())
+            validate.duration_seconds(
+                "increment", request.increment.seconds, request.increment.nanos
+            )
             if request.HasField("increment")
             else None
         )
+        lease_id = validate.lease_id(request.lease_id)
         identity = current_identity()
         self._gate.authorize(identity, ResourceKind.DATABASE, _lease_role(lease_id), "renew")
         result = await self._leases.renew(identity.name, lease_id, increment)

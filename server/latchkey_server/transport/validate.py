@@ -80,15 +80,39 @@ def tag(value: str) -> str:
     return value
 
 
+_EPOCH = re.compile(r"^[A-Za-z0-9_-]{0,64}$")
+
+
+def epoch(value: str) -> str:
+    """An epoch the client got from a snapshot ('' when it has none)."""
+    if not _EPOCH.match(value):
+        raise InvalidArgument("resume_epoch must be the epoch of a snapshot (up to 64 characters)")
+    return value
+
+
 def opaque_id(field: str, value: str) -> str:
     if not _ID.match(value):
         raise InvalidArgument(f"{field} must be 1-64 letters, digits, '_' or '-'")
     return value
 
 
+MAX_INCREMENT = 366 * 86400
+
+
+def duration_seconds(field: str, seconds: int, nanos: int, *, limit: int = MAX_INCREMENT) -> float:
+    """A google.protobuf.Duration's (seconds, nanos) as seconds, checked before any conversion
+    (a huge `seconds` would overflow Python's timedelta)."""
+    if not 0 <= seconds <= limit or not 0 <= nanos < 1_000_000_000 or (seconds == limit and nanos):
+        raise InvalidArgument(
+            f"{field} must be a duration between 0 and {limit // 86400} days "
+            "(seconds and nanos not negative, nanos below 1e9)"
+        )
+    return seconds + nanos / 1e9
+
+
 def increment_seconds(seconds: float | None) -> float | None:
     if seconds is None:
         return None
-    if seconds < 0 or seconds > 366 * 86400:
+    if seconds < 0 or seconds > MAX_INCREMENT:
         raise InvalidArgument("increment must be between 0 and 366 days")
     return seconds

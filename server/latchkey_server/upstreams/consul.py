@@ -57,8 +57,8 @@ log = logging.getLogger(__name__)
 __all__ = [
     "CheckState",
     "ConsulAdapter",
+    "ConsulConfig",
     "ConsulSaturated",
-    "ConsulSettings",
     "ConsulUnavailable",
     "ConsulUpstream",
     "SharedWatchUpstream",
@@ -126,7 +126,7 @@ class SharedWatchUpstream(ConsulUpstream, Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class ConsulSettings:
+class ConsulConfig:
     """How the adapter reaches Consul. Built by the caller; the environment is never read."""
 
     address: str = "http://127.0.0.1:8500"
@@ -171,9 +171,9 @@ class ConsulAdapter:
     """
 
     def __init__(
-        self, settings: ConsulSettings | None = None, *, telemetry: Telemetry | None = None
+        self, settings: ConsulConfig | None = None, *, telemetry: Telemetry | None = None
     ) -> None:
-        self.settings = settings or ConsulSettings()
+        self.settings = settings or ConsulConfig()
         self._requests = (telemetry or Telemetry()).upstream_requests
         address = self.settings.address.rstrip("/")
         if "://" not in address:

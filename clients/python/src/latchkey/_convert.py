@@ -178,8 +178,12 @@ def watch_credentials_request(
     return secrets_pb2.WatchDatabaseCredentialsRequest(role=role, lease_id=lease_id)
 
 
-def watch_config_request(prefix: str, resume_index: int) -> config_pb2.WatchConfigRequest:
-    return config_pb2.WatchConfigRequest(prefix=prefix, resume_index=resume_index)
+def watch_config_request(
+    prefix: str, resume_index: int, resume_epoch: str = ""
+) -> config_pb2.WatchConfigRequest:
+    return config_pb2.WatchConfigRequest(
+        prefix=prefix, resume_index=resume_index, resume_epoch=resume_epoch
+    )
 
 
 def watch_service_request(service: str, tag: str | None) -> discovery_pb2.WatchServiceRequest:

@@ -138,6 +138,9 @@ class ConfigEvent(_Model):
     """What changed (for a snapshot after a reconnect: what differs from before)."""
     index: int = 0
     freshness: Freshness = Field(default_factory=Freshness)
+    reset: bool = False
+    """A snapshot that replaced the state held before (a resume the gateway could not prove,
+    or Consul's index reset): keys missing from it were deleted, and are in `changes`."""
 
 
 class Instance(_Model):

@@ -49,16 +49,26 @@ class FreshnessTracker:
 
 
 class ConfigView:
-    """The keys under a watched prefix, kept current from snapshots and changes."""
+    """The keys under a watched prefix, kept current from snapshots and changes.
+
+    Every snapshot replaces the whole state (keys it lacks are reported deleted); a resume
+    sends the last index with the epoch of the snapshot it belongs to, so the gateway can tell
+    whether its history really leads from there (else it sends a snapshot flagged `reset`).
+    """
 
     def __init__(self) -> None:
         self.entries: dict[str, ConfigEntry] = {}
         self.index = 0
+        self.epoch = ""
         self.freshness = FreshnessTracker()
 
     @property
     def resume_index(self) -> int:
         return self.index
+
+    @property
+    def resume_epoch(self) -> str:
+        return self.epoch
 
     def apply(self, msg: config_pb2.ConfigEvent) -> list[ConfigEvent | StreamStatus]:
         kind = msg.WhichOneof("event")
@@ -73,6 +83,7 @@ class ConfigView:
             ] + [ConfigChange(type="delete", key=k) for k in self.entries if k not in new]
             self.entries = new
             self.index = snap.index
+            self.epoch = snap.epoch
             fresh = _convert.freshness(snap)
             out.append(
                 ConfigEvent(
@@ -81,6 +92,7 @@ class ConfigView:
                     changes=changes,
                     index=snap.index,
                     freshness=fresh,
+                    reset=snap.reset,
                 )
             )
         elif kind == "change":

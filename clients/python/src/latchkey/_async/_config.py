@@ -48,7 +48,7 @@ class AsyncConfig:
         view = ConfigView()
 
         def open_stream() -> tuple[AsyncStream[Any], int]:
-            request = _convert.watch_config_request(prefix, view.resume_index)
+            request = _convert.watch_config_request(prefix, view.resume_index, view.resume_epoch)
             return self._transport.stream(lambda s: s.config.Watch, request)
 
         async def on_message(message: config_pb2.ConfigEvent) -> None:

@@ -47,7 +47,7 @@ class Config:
         view = ConfigView()
 
         def open_stream() -> tuple[Stream[Any], int]:
-            request = _convert.watch_config_request(prefix, view.resume_index)
+            request = _convert.watch_config_request(prefix, view.resume_index, view.resume_epoch)
             return self._transport.stream(lambda s: s.config.Watch, request)
 
         def on_message(message: config_pb2.ConfigEvent) -> None:

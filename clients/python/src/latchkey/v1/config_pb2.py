@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from latchkey.v1 import common_pb2 as latchkey_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18latchkey/v1/config.proto\x12\x0blatchkey.v1\x1a\x18latchkey/v1/common.proto\"d\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63reate_index\x18\x03 \x01(\x04\x12\x14\n\x0cmodify_index\x18\x04 \x01(\x04\x12\r\n\x05\x66lags\x18\x05 \x01(\x04\"\x1f\n\x10GetConfigRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"g\n\x11GetConfigResponse\x12\'\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x18.latchkey.v1.ConfigEntry\x12)\n\tfreshness\x18\x02 \x01(\x0b\x32\x16.latchkey.v1.Freshness\"#\n\x11ListConfigRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\"j\n\x12ListConfigResponse\x12)\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x18.latchkey.v1.ConfigEntry\x12)\n\tfreshness\x18\x02 \x01(\x0b\x32\x16.latchkey.v1.Freshness\":\n\x12WatchConfigRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x14\n\x0cresume_index\x18\x02 \x01(\x04\"h\n\tKeyChange\x12%\n\x04type\x18\x01 \x01(\x0e\x32\x17.latchkey.v1.ChangeType\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\'\n\x05\x65ntry\x18\x03 \x01(\x0b\x32\x18.latchkey.v1.ConfigEntry\"u\n\x0e\x43onfigSnapshot\x12)\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x18.latchkey.v1.ConfigEntry\x12\r\n\x05index\x18\x02 \x01(\x04\x12)\n\tfreshness\x18\x03 \x01(\x0b\x32\x16.latchkey.v1.Freshness\"q\n\x0c\x43onfigChange\x12\'\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x16.latchkey.v1.KeyChange\x12\r\n\x05index\x18\x02 \x01(\x04\x12)\n\tfreshness\x18\x03 \x01(\x0b\x32\x16.latchkey.v1.Freshness\"\xa1\x01\n\x0b\x43onfigEvent\x12/\n\x08snapshot\x18\x01 \x01(\x0b\x32\x1b.latchkey.v1.ConfigSnapshotH\x00\x12+\n\x06\x63hange\x18\x02 \x01(\x0b\x32\x19.latchkey.v1.ConfigChangeH\x00\x12+\n\theartbeat\x18\x03 \x01(\x0b\x32\x16.latchkey.v1.HeartbeatH\x00\x42\x07\n\x05\x65vent*V\n\nChangeType\x12\x1b\n\x17\x43HANGE_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43HANGE_TYPE_PUT\x10\x01\x12\x16\n\x12\x43HANGE_TYPE_DELETE\x10\x02\x32\xdd\x01\n\x06\x43onfig\x12\x44\n\x03Get\x12\x1d.latchkey.v1.GetConfigRequest\x1a\x1e.latchkey.v1.GetConfigResponse\x12G\n\x04List\x12\x1e.latchkey.v1.ListConfigRequest\x1a\x1f.latchkey.v1.ListConfigResponse\x12\x44\n\x05Watch\x12\x1f.latchkey.v1.WatchConfigRequest\x1a\x18.latchkey.v1.ConfigEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18latchkey/v1/config.proto\x12\x0blatchkey.v1\x1a\x18latchkey/v1/common.proto\"d\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63reate_index\x18\x03 \x01(\x04\x12\x14\n\x0cmodify_index\x18\x04 \x01(\x04\x12\r\n\x05\x66lags\x18\x05 \x01(\x04\"\x1f\n\x10GetConfigRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"g\n\x11GetConfigResponse\x12\'\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x18.latchkey.v1.ConfigEntry\x12)\n\tfreshness\x18\x02 \x01(\x0b\x32\x16.latchkey.v1.Freshness\"#\n\x11ListConfigRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\"j\n\x12ListConfigResponse\x12)\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x18.latchkey.v1.ConfigEntry\x12)\n\tfreshness\x18\x02 \x01(\x0b\x32\x16.latchkey.v1.Freshness\"P\n\x12WatchConfigRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x14\n\x0cresume_index\x18\x02 \x01(\x04\x12\x14\n\x0cresume_epoch\x18\x03 \x01(\t\"h\n\tKeyChange\x12%\n\x04type\x18\x01 \x01(\x0e\x32\x17.latchkey.v1.ChangeType\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\'\n\x05\x65ntry\x18\x03 \x01(\x0b\x32\x18.latchkey.v1.ConfigEntry\"\x93\x01\n\x0e\x43onfigSnapshot\x12)\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x18.latchkey.v1.ConfigEntry\x12\r\n\x05index\x18\x02 \x01(\x04\x12)\n\tfreshness\x18\x03 \x01(\x0b\x32\x16.latchkey.v1.Freshness\x12\r\n\x05reset\x18\x04 \x01(\x08\x12\r\n\x05\x65poch\x18\x05 \x01(\t\"q\n\x0c\x43onfigChange\x12\'\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x16.latchkey.v1.KeyChange\x12\r\n\x05index\x18\x02 \x01(\x04\x12)\n\tfreshness\x18\x03 \x01(\x0b\x32\x16.latchkey.v1.Freshness\"\xa1\x01\n\x0b\x43onfigEvent\x12/\n\x08snapshot\x18\x01 \x01(\x0b\x32\x1b.latchkey.v1.ConfigSnapshotH\x00\x12+\n\x06\x63hange\x18\x02 \x01(\x0b\x32\x19.latchkey.v1.ConfigChangeH\x00\x12+\n\theartbeat\x18\x03 \x01(\x0b\x32\x16.latchkey.v1.HeartbeatH\x00\x42\x07\n\x05\x65vent*V\n\nChangeType\x12\x1b\n\x17\x43HANGE_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43HANGE_TYPE_PUT\x10\x01\x12\x16\n\x12\x43HANGE_TYPE_DELETE\x10\x02\x32\xdd\x01\n\x06\x43onfig\x12\x44\n\x03Get\x12\x1d.latchkey.v1.GetConfigRequest\x1a\x1e.latchkey.v1.GetConfigResponse\x12G\n\x04List\x12\x1e.latchkey.v1.ListConfigRequest\x1a\x1f.latchkey.v1.ListConfigResponse\x12\x44\n\x05Watch\x12\x1f.latchkey.v1.WatchConfigRequest\x1a\x18.latchkey.v1.ConfigEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'latchkey.v1.config_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHANGETYPE']._serialized_start=1016
-  _globals['_CHANGETYPE']._serialized_end=1102
+  _globals['_CHANGETYPE']._serialized_start=1069
+  _globals['_CHANGETYPE']._serialized_end=1155
   _globals['_CONFIGENTRY']._serialized_start=67
   _globals['_CONFIGENTRY']._serialized_end=167
   _globals['_GETCONFIGREQUEST']._serialized_start=169
@@ -45,15 +45,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTCONFIGRESPONSE']._serialized_start=344
   _globals['_LISTCONFIGRESPONSE']._serialized_end=450
   _globals['_WATCHCONFIGREQUEST']._serialized_start=452
-  _globals['_WATCHCONFIGREQUEST']._serialized_end=510
-  _globals['_KEYCHANGE']._serialized_start=512
-  _globals['_KEYCHANGE']._serialized_end=616
-  _globals['_CONFIGSNAPSHOT']._serialized_start=618
-  _globals['_CONFIGSNAPSHOT']._serialized_end=735
-  _globals['_CONFIGCHANGE']._serialized_start=737
-  _globals['_CONFIGCHANGE']._serialized_end=850
-  _globals['_CONFIGEVENT']._serialized_start=853
-  _globals['_CONFIGEVENT']._serialized_end=1014
-  _globals['_CONFIG']._serialized_start=1105
-  _globals['_CONFIG']._serialized_end=1326
+  _globals['_WATCHCONFIGREQUEST']._serialized_end=532
+  _globals['_KEYCHANGE']._serialized_start=534
+  _globals['_KEYCHANGE']._serialized_end=638
+  _globals['_CONFIGSNAPSHOT']._serialized_start=641
+  _globals['_CONFIGSNAPSHOT']._serialized_end=788
+  _globals['_CONFIGCHANGE']._serialized_start=790
+  _globals['_CONFIGCHANGE']._serialized_end=903
+  _globals['_CONFIGEVENT']._serialized_start=906
+  _globals['_CONFIGEVENT']._serialized_end=1067
+  _globals['_CONFIG']._serialized_start=1158
+  _globals['_CONFIG']._serialized_end=1379
 # @@protoc_insertion_point(module_scope)

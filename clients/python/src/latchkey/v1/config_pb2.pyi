@@ -160,18 +160,24 @@ class WatchConfigRequest(_message.Message):
 
     PREFIX_FIELD_NUMBER: _builtins.int
     RESUME_INDEX_FIELD_NUMBER: _builtins.int
+    RESUME_EPOCH_FIELD_NUMBER: _builtins.int
     prefix: _builtins.str
     resume_index: _builtins.int
     """The last index the client saw; 0 starts with a snapshot."""
+    resume_epoch: _builtins.str
+    """The epoch of the snapshot that index belongs to (ConfigSnapshot.epoch). Without it, or
+    when it is not the gateway's current epoch for the prefix, a resume gets a snapshot.
+    """
     def __init__(
         self,
         *,
         prefix: _builtins.str = ...,
         resume_index: _builtins.int = ...,
+        resume_epoch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["prefix", b"prefix", "resume_index", b"resume_index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["prefix", b"prefix", "resume_epoch", b"resume_epoch", "resume_index", b"resume_index"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -214,7 +220,19 @@ class ConfigSnapshot(_message.Message):
     ENTRIES_FIELD_NUMBER: _builtins.int
     INDEX_FIELD_NUMBER: _builtins.int
     FRESHNESS_FIELD_NUMBER: _builtins.int
+    RESET_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     index: _builtins.int
+    reset: _builtins.bool
+    """True when this snapshot replaces state the client held: a resume that could not be
+    honoured, a slow consumer's backlog, or a new epoch. Keys the client holds that are not
+    in it were deleted.
+    """
+    epoch: _builtins.str
+    """Indexes are comparable only within one epoch. A new epoch starts when Consul's index goes
+    backwards (a restarted or restored agent) and whenever the gateway cannot prove its
+    history covers the past (a new watch); resume with this value.
+    """
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConfigEntry]: ...
     @_builtins.property
@@ -225,10 +243,12 @@ class ConfigSnapshot(_message.Message):
         entries: _abc.Iterable[Global___ConfigEntry] | None = ...,
         index: _builtins.int = ...,
         freshness: _common_pb2.Freshness | None = ...,
+        reset: _builtins.bool = ...,
+        epoch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["freshness", b"freshness"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "freshness", b"freshness", "index", b"index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "epoch", b"epoch", "freshness", b"freshness", "index", b"index", "reset", b"reset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -73,8 +73,10 @@ class ConfigServicer:
     def Watch(self, request, context):
         """Streams a prefix: first a snapshot of every key under it, then a change event per upstream
         change (put/delete per key with Consul's modify index), plus heartbeats. A client that
-        reconnects with `resume_index` set to the last index it saw receives the changes it missed,
-        or a fresh snapshot when they can no longer be replayed; it never silently loses an update.
+        reconnects with `resume_index` and `resume_epoch` set to the last index and epoch it saw
+        receives the changes it missed, or a fresh snapshot flagged `reset` when they cannot be
+        proven to lead from its state to the present (another epoch, an index the history does not
+        cover); it never silently loses an update.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

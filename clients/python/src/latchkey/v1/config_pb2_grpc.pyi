@@ -40,8 +40,10 @@ class ConfigStub:
     Watch: _grpc.UnaryStreamMultiCallable[_config_pb2.WatchConfigRequest, _config_pb2.ConfigEvent]
     """Streams a prefix: first a snapshot of every key under it, then a change event per upstream
     change (put/delete per key with Consul's modify index), plus heartbeats. A client that
-    reconnects with `resume_index` set to the last index it saw receives the changes it missed,
-    or a fresh snapshot when they can no longer be replayed; it never silently loses an update.
+    reconnects with `resume_index` and `resume_epoch` set to the last index and epoch it saw
+    receives the changes it missed, or a fresh snapshot flagged `reset` when they cannot be
+    proven to lead from its state to the present (another epoch, an index the history does not
+    cover); it never silently loses an update.
     """
 
 @_typing.type_check_only
@@ -56,8 +58,10 @@ class ConfigAsyncStub(ConfigStub):
     Watch: _aio.UnaryStreamMultiCallable[_config_pb2.WatchConfigRequest, _config_pb2.ConfigEvent]  # type: ignore[assignment]
     """Streams a prefix: first a snapshot of every key under it, then a change event per upstream
     change (put/delete per key with Consul's modify index), plus heartbeats. A client that
-    reconnects with `resume_index` set to the last index it saw receives the changes it missed,
-    or a fresh snapshot when they can no longer be replayed; it never silently loses an update.
+    reconnects with `resume_index` and `resume_epoch` set to the last index and epoch it saw
+    receives the changes it missed, or a fresh snapshot flagged `reset` when they cannot be
+    proven to lead from its state to the present (another epoch, an index the history does not
+    cover); it never silently loses an update.
     """
 
 class ConfigServicer(metaclass=_abc_1.ABCMeta):
@@ -87,8 +91,10 @@ class ConfigServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_config_pb2.ConfigEvent], _abc.AsyncIterator[_config_pb2.ConfigEvent]]:
         """Streams a prefix: first a snapshot of every key under it, then a change event per upstream
         change (put/delete per key with Consul's modify index), plus heartbeats. A client that
-        reconnects with `resume_index` set to the last index it saw receives the changes it missed,
-        or a fresh snapshot when they can no longer be replayed; it never silently loses an update.
+        reconnects with `resume_index` and `resume_epoch` set to the last index and epoch it saw
+        receives the changes it missed, or a fresh snapshot flagged `reset` when they cannot be
+        proven to lead from its state to the present (another epoch, an index the history does not
+        cover); it never silently loses an update.
         """
 
 def add_ConfigServicer_to_server(servicer: ConfigServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -197,7 +197,17 @@ class InstanceSet(_message.Message):
     INSTANCES_FIELD_NUMBER: _builtins.int
     INDEX_FIELD_NUMBER: _builtins.int
     FRESHNESS_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    RESET_FIELD_NUMBER: _builtins.int
     index: _builtins.int
+    epoch: _builtins.str
+    """Indexes are comparable only within one epoch; a new one starts when Consul's index goes
+    backwards (a restarted or restored agent).
+    """
+    reset: _builtins.bool
+    """True on the set sent when a new epoch starts mid-stream (sent even when the instances
+    did not change, so that the client learns the new epoch).
+    """
     @_builtins.property
     def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___Instance]: ...
     @_builtins.property
@@ -208,10 +218,12 @@ class InstanceSet(_message.Message):
         instances: _abc.Iterable[Global___Instance] | None = ...,
         index: _builtins.int = ...,
         freshness: _common_pb2.Freshness | None = ...,
+        epoch: _builtins.str = ...,
+        reset: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["freshness", b"freshness"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["freshness", b"freshness", "index", b"index", "instances", b"instances"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "freshness", b"freshness", "index", b"index", "instances", b"instances", "reset", b"reset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
