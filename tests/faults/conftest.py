@@ -59,8 +59,11 @@ def gateway_process(
             "log_format": "json",
             "vault": {
                 "addr": vault_server.addr,
-                "approle_role_id": demo_env["approle"].role_id,
-                "approle_secret_id": demo_env["approle"].secret_id,
+                "auth": {
+                    "method": "approle",
+                    "role_id": demo_env["approle"].role_id,
+                    "secret_id": demo_env["approle"].secret_id,
+                },
             },
             "consul": {"addr": (consul or consul_agent).http_addr, "wait": 20, "rate_refill": 0.2},
             "leases": {"grace": 3.0, "unheld_grace": 0.5},

@@ -47,7 +47,11 @@ export class ConfigWatch extends LiveStream<ConfigEvent> {
       open: () =>
         transport.stream(
           pb.ConfigService.watch,
-          pb.WatchConfigRequest.fromPartial({ prefix, resumeIndex: this.view.resumeIndex }),
+          pb.WatchConfigRequest.fromPartial({
+            prefix,
+            resumeIndex: this.view.resumeIndex,
+            resumeEpoch: this.view.resumeEpoch,
+          }),
         ),
       onMessage: (message) => {
         for (const item of this.view.apply(message)) {

@@ -141,6 +141,12 @@ export interface ConfigEvent {
   /** What changed (for a snapshot after a reconnect: what differs from before). */
   readonly changes: readonly ConfigChange[];
   readonly index: number;
+  /**
+   * True when this snapshot replaced the state outright because the gateway could not prove
+   * its history leads on from what the app held (Consul's index reset, another gateway,
+   * missed changes): `changes` then lists every difference, deletions included.
+   */
+  readonly reset: boolean;
   readonly freshness: Freshness;
 }
 

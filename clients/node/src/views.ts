@@ -46,6 +46,8 @@ export class ConfigView {
   entries: Record<string, ConfigEntry> = {};
   /** The last index seen, exactly as the gateway sent it (the resume point). */
   resumeIndex = 0n;
+  /** The epoch of the snapshot that index belongs to (sent back on resume). */
+  resumeEpoch = "";
   current: ConfigEvent | null = null;
   private readonly freshness = new FreshnessTracker();
 
@@ -67,8 +69,9 @@ export class ConfigView {
       }
       this.entries = next;
       this.resumeIndex = snap.index;
+      this.resumeEpoch = snap.epoch;
       fresh = convert.freshness(snap.freshness);
-      this.current = this.event("snapshot", changes, snap.index, fresh);
+      this.current = this.event("snapshot", changes, snap.index, fresh, snap.reset);
       out.push(this.current);
     } else if (event?.$case === "change") {
       const change = event.value;
@@ -81,7 +84,7 @@ export class ConfigView {
       this.entries = next;
       this.resumeIndex = change.index;
       fresh = convert.freshness(change.freshness);
-      this.current = this.event("change", changes, change.index, fresh);
+      this.current = this.event("change", changes, change.index, fresh, false);
       out.push(this.current);
     } else if (event?.$case === "heartbeat") {
       fresh = convert.freshness(event.value.freshness);
@@ -93,8 +96,14 @@ export class ConfigView {
     return out;
   }
 
-  private event(kind: ConfigEvent["kind"], changes: ConfigChange[], index: bigint, freshness: Freshness): ConfigEvent {
-    return { kind, entries: this.entries, changes, index: convert.num(index), freshness };
+  private event(
+    kind: ConfigEvent["kind"],
+    changes: ConfigChange[],
+    index: bigint,
+    freshness: Freshness,
+    reset: boolean,
+  ): ConfigEvent {
+    return { kind, entries: this.entries, changes, index: convert.num(index), reset, freshness };
   }
 }
 

@@ -61,6 +61,11 @@ export interface WatchConfigRequest {
   prefix: string;
   /** The last index the client saw; 0 starts with a snapshot. */
   resumeIndex: bigint;
+  /**
+   * The epoch of the snapshot that index belongs to (ConfigSnapshot.epoch). Without it, or
+   * when it is not the gateway's current epoch for the prefix, a resume gets a snapshot.
+   */
+  resumeEpoch: string;
 }
 
 export interface KeyChange {
@@ -74,7 +79,21 @@ export interface KeyChange {
 export interface ConfigSnapshot {
   entries: ConfigEntry[];
   index: bigint;
-  freshness: Freshness | undefined;
+  freshness:
+    | Freshness
+    | undefined;
+  /**
+   * True when this snapshot replaces state the client held: a resume that could not be
+   * honoured, a slow consumer's backlog, or a new epoch. Keys the client holds that are not
+   * in it were deleted.
+   */
+  reset: boolean;
+  /**
+   * Indexes are comparable only within one epoch. A new epoch starts when Consul's index goes
+   * backwards (a restarted or restored agent) and whenever the gateway cannot prove its
+   * history covers the past (a new watch); resume with this value.
+   */
+  epoch: string;
 }
 
 /** Changes since the previous event, in upstream order. */
@@ -458,7 +477,7 @@ export const ListConfigResponse: MessageFns<ListConfigResponse> = {
 };
 
 function createBaseWatchConfigRequest(): WatchConfigRequest {
-  return { prefix: "", resumeIndex: 0n };
+  return { prefix: "", resumeIndex: 0n, resumeEpoch: "" };
 }
 
 export const WatchConfigRequest: MessageFns<WatchConfigRequest> = {
@@ -471,6 +490,9 @@ export const WatchConfigRequest: MessageFns<WatchConfigRequest> = {
         throw new globalThis.Error("value provided for field message.resumeIndex of type uint64 too large");
       }
       writer.uint32(16).uint64(message.resumeIndex);
+    }
+    if (message.resumeEpoch !== "") {
+      writer.uint32(26).string(message.resumeEpoch);
     }
     return writer;
   },
@@ -504,6 +526,14 @@ export const WatchConfigRequest: MessageFns<WatchConfigRequest> = {
             message.resumeIndex = reader.uint64() as bigint;
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.resumeEpoch = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -525,6 +555,7 @@ export const WatchConfigRequest: MessageFns<WatchConfigRequest> = {
     message.resumeIndex = (object.resumeIndex !== undefined && object.resumeIndex !== null)
       ? BigInt(object.resumeIndex)
       : 0n;
+    message.resumeEpoch = object.resumeEpoch ?? "";
     return message;
   },
 };
@@ -611,7 +642,7 @@ export const KeyChange: MessageFns<KeyChange> = {
 };
 
 function createBaseConfigSnapshot(): ConfigSnapshot {
-  return { entries: [], index: 0n, freshness: undefined };
+  return { entries: [], index: 0n, freshness: undefined, reset: false, epoch: "" };
 }
 
 export const ConfigSnapshot: MessageFns<ConfigSnapshot> = {
@@ -627,6 +658,12 @@ export const ConfigSnapshot: MessageFns<ConfigSnapshot> = {
     }
     if (message.freshness !== undefined) {
       Freshness.encode(message.freshness, writer.uint32(26).fork()).join();
+    }
+    if (message.reset !== false) {
+      writer.uint32(32).bool(message.reset);
+    }
+    if (message.epoch !== "") {
+      writer.uint32(42).string(message.epoch);
     }
     return writer;
   },
@@ -668,6 +705,22 @@ export const ConfigSnapshot: MessageFns<ConfigSnapshot> = {
             message.freshness = Freshness.decode(reader, reader.uint32());
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.reset = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.epoch = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -690,6 +743,8 @@ export const ConfigSnapshot: MessageFns<ConfigSnapshot> = {
     message.freshness = (object.freshness !== undefined && object.freshness !== null)
       ? Freshness.fromPartial(object.freshness)
       : undefined;
+    message.reset = object.reset ?? false;
+    message.epoch = object.epoch ?? "";
     return message;
   },
 };
@@ -902,8 +957,10 @@ export const ConfigService = {
   /**
    * Streams a prefix: first a snapshot of every key under it, then a change event per upstream
    * change (put/delete per key with Consul's modify index), plus heartbeats. A client that
-   * reconnects with `resume_index` set to the last index it saw receives the changes it missed,
-   * or a fresh snapshot when they can no longer be replayed; it never silently loses an update.
+   * reconnects with `resume_index` and `resume_epoch` set to the last index and epoch it saw
+   * receives the changes it missed, or a fresh snapshot flagged `reset` when they cannot be
+   * proven to lead from its state to the present (another epoch, an index the history does not
+   * cover); it never silently loses an update.
    */
   watch: {
     path: "/latchkey.v1.Config/Watch" as const,
@@ -924,8 +981,10 @@ export interface ConfigServer extends UntypedServiceImplementation {
   /**
    * Streams a prefix: first a snapshot of every key under it, then a change event per upstream
    * change (put/delete per key with Consul's modify index), plus heartbeats. A client that
-   * reconnects with `resume_index` set to the last index it saw receives the changes it missed,
-   * or a fresh snapshot when they can no longer be replayed; it never silently loses an update.
+   * reconnects with `resume_index` and `resume_epoch` set to the last index and epoch it saw
+   * receives the changes it missed, or a fresh snapshot flagged `reset` when they cannot be
+   * proven to lead from its state to the present (another epoch, an index the history does not
+   * cover); it never silently loses an update.
    */
   watch: handleServerStreamingCall<WatchConfigRequest, ConfigEvent>;
 }
@@ -966,8 +1025,10 @@ export interface ConfigClient extends Client {
   /**
    * Streams a prefix: first a snapshot of every key under it, then a change event per upstream
    * change (put/delete per key with Consul's modify index), plus heartbeats. A client that
-   * reconnects with `resume_index` set to the last index it saw receives the changes it missed,
-   * or a fresh snapshot when they can no longer be replayed; it never silently loses an update.
+   * reconnects with `resume_index` and `resume_epoch` set to the last index and epoch it saw
+   * receives the changes it missed, or a fresh snapshot flagged `reset` when they cannot be
+   * proven to lead from its state to the present (another epoch, an index the history does not
+   * cover); it never silently loses an update.
    */
   watch(request: WatchConfigRequest, options?: Partial<CallOptions>): ClientReadableStream<ConfigEvent>;
   watch(

@@ -77,7 +77,19 @@ export interface WatchServiceRequest {
 export interface InstanceSet {
   instances: Instance[];
   index: bigint;
-  freshness: Freshness | undefined;
+  freshness:
+    | Freshness
+    | undefined;
+  /**
+   * Indexes are comparable only within one epoch; a new one starts when Consul's index goes
+   * backwards (a restarted or restored agent).
+   */
+  epoch: string;
+  /**
+   * True on the set sent when a new epoch starts mid-stream (sent even when the instances
+   * did not change, so that the client learns the new epoch).
+   */
+  reset: boolean;
 }
 
 export interface ServiceEvent {
@@ -568,7 +580,7 @@ export const WatchServiceRequest: MessageFns<WatchServiceRequest> = {
 };
 
 function createBaseInstanceSet(): InstanceSet {
-  return { instances: [], index: 0n, freshness: undefined };
+  return { instances: [], index: 0n, freshness: undefined, epoch: "", reset: false };
 }
 
 export const InstanceSet: MessageFns<InstanceSet> = {
@@ -584,6 +596,12 @@ export const InstanceSet: MessageFns<InstanceSet> = {
     }
     if (message.freshness !== undefined) {
       Freshness.encode(message.freshness, writer.uint32(26).fork()).join();
+    }
+    if (message.epoch !== "") {
+      writer.uint32(34).string(message.epoch);
+    }
+    if (message.reset !== false) {
+      writer.uint32(40).bool(message.reset);
     }
     return writer;
   },
@@ -625,6 +643,22 @@ export const InstanceSet: MessageFns<InstanceSet> = {
             message.freshness = Freshness.decode(reader, reader.uint32());
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.epoch = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.reset = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -647,6 +681,8 @@ export const InstanceSet: MessageFns<InstanceSet> = {
     message.freshness = (object.freshness !== undefined && object.freshness !== null)
       ? Freshness.fromPartial(object.freshness)
       : undefined;
+    message.epoch = object.epoch ?? "";
+    message.reset = object.reset ?? false;
     return message;
   },
 };
