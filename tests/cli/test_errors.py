@@ -8,6 +8,7 @@ reach the output unless `--debug`.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import socket
 import sys
@@ -208,3 +209,22 @@ async def test_ctrl_c_of_a_watch_exits_130(
     err = await proc.stderr.read()
     assert code == 130, err
     assert b"Traceback" not in err
+
+
+async def test_a_watch_that_cannot_start_says_why_at_once(tls_gateway: TlsGateway) -> None:
+    env = _env(tls_gateway)
+    del env["LATCHKEY_CLIENT_CERT"], env["LATCHKEY_CLIENT_KEY"]
+    proc = await asyncio.create_subprocess_exec(
+        str(LATCHKEY), "config", "watch", "billing/",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        first = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(proc.wait(), 30)
+    assert first["event"] == "unreachable"
+    assert "no client certificate was sent" in first["detail"]
+    assert "LATCHKEY_CLIENT_CERT and LATCHKEY_CLIENT_KEY" in first["detail"]
+    assert code == 130

@@ -211,3 +211,21 @@ def test_a_stopped_dev_stack_is_named_and_not_retried() -> None:
     assert f"the dev stack is not running (LATCHKEY_DEV_PID {probe.pid} has exited" in message
     assert "run make dev, then source .latchkey/dev.env again" in message
     assert caught.value.retryable is False
+
+
+async def test_a_watch_that_never_starts_raises_why(
+    tls_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("latchkey._async._watch.FIRST_EVENT_TIMEOUT", 1.0)
+    addr, d = tls_server
+    statuses: list[latchkey.StreamStatus] = []
+
+    def on_event(event: latchkey.ConfigEvent | latchkey.StreamStatus) -> None:
+        if isinstance(event, latchkey.StreamStatus):
+            statuses.append(event)
+
+    async with latchkey.AsyncClient(addr, cacert=d / "ca.pem") as client:
+        with pytest.raises(latchkey.HandshakeFailed, match="no client certificate was sent"):
+            await client.config.watch("app/", on_event)
+    assert statuses[0].kind == "unreachable"
+    assert "no client certificate was sent" in statuses[0].detail

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
-import queue
+import os
+import sys
+import threading
 import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -348,14 +350,40 @@ def config_list(ctx: Ctx, prefix: str, fmt: str, field: str | None) -> None:
     out.emit([_entry_doc(e) for e in entries], fmt, field, ["key", "value", "modify_index"])
 
 
-def _follow(events: queue.Queue[dict[str, Any]], fmt: str, count: int | None) -> None:
-    """Print events until `count` data events were printed (Ctrl-C: exit code 130)."""
-    seen = 0
-    while count is None or seen < count:
-        doc = events.get()
-        out.emit_line(doc, fmt)
-        if doc.get("event") not in ("stale", "fresh", "unreachable", "reconnected"):
-            seen += 1
+class Follower:
+    """Prints a watch's events as the SDK delivers them (from its thread), so that a stream
+    that cannot start shows why at once (`unreachable` with the reason) while it retries; the
+    command returns after `count` data events (Ctrl-C: exit code 130)."""
+
+    STATUS = ("stale", "fresh", "unreachable", "reconnected")
+
+    def __init__(self, fmt: str, count: int | None) -> None:
+        self._fmt = fmt
+        self._count = count
+        self._seen = 0
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self.broken_pipe = False
+
+    def emit(self, doc: dict[str, Any]) -> None:
+        with self._lock:
+            if self._done.is_set():
+                return
+            try:
+                out.emit_line(doc, self._fmt)
+            except BrokenPipeError:  # the reader went away (`| head -1`)
+                self.broken_pipe = True
+                self._done.set()
+                return
+            if doc.get("event") not in self.STATUS:
+                self._seen += 1
+                if self._count is not None and self._seen >= self._count:
+                    self._done.set()
+
+    def wait(self) -> None:
+        self._done.wait()
+        if self.broken_pipe:  # nothing more can be written; keep Python's exit quiet too
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _status_doc(status: latchkey.StreamStatus) -> dict[str, Any]:
@@ -373,13 +401,13 @@ def config_watch(ctx: Ctx, prefix: str, fmt: str, count: int | None) -> None:
     Example:
       latchkey config watch config/demo/ | jq .
     """
-    events: queue.Queue[dict[str, Any]] = queue.Queue()
+    follower = Follower(fmt, count)
 
     def on_event(event: latchkey.ConfigEvent | latchkey.StreamStatus) -> None:
         if isinstance(event, latchkey.StreamStatus):
-            events.put(_status_doc(event))
+            follower.emit(_status_doc(event))
             return
-        events.put(
+        follower.emit(
             {
                 "event": event.kind,
                 "index": event.index,
@@ -393,7 +421,7 @@ def config_watch(ctx: Ctx, prefix: str, fmt: str, count: int | None) -> None:
         )
 
     with ctx.client() as client, client.config.watch(prefix, on_event):
-        _follow(events, fmt, count)
+        follower.wait()
 
 
 # ------------------------------------------------------------------ services
@@ -441,13 +469,13 @@ def services_watch(ctx: Ctx, name: str, fmt: str, count: int | None) -> None:
     Example:
       latchkey services watch web --count 1
     """
-    events: queue.Queue[dict[str, Any]] = queue.Queue()
+    follower = Follower(fmt, count)
 
     def on_event(event: latchkey.ServiceEvent | latchkey.StreamStatus) -> None:
         if isinstance(event, latchkey.StreamStatus):
-            events.put(_status_doc(event))
+            follower.emit(_status_doc(event))
             return
-        events.put(
+        follower.emit(
             {
                 "event": "instances",
                 "service": name,
@@ -459,7 +487,7 @@ def services_watch(ctx: Ctx, name: str, fmt: str, count: int | None) -> None:
         )
 
     with ctx.client() as client, client.services.watch(name, on_event):
-        _follow(events, fmt, count)
+        follower.wait()
 
 
 # ------------------------------------------------------------------ status
