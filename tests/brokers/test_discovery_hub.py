@@ -12,7 +12,7 @@ import pytest
 
 from latchkey_server.brokers.discovery_hub import DiscoveryHub
 from latchkey_server.devstack.consul import ConsulAgent
-from latchkey_server.errors import InvalidArgument
+from latchkey_server.errors import InvalidArgument, NotFound
 from latchkey_server.models import HealthStatus, InstanceSet, ServiceQuery
 from latchkey_server.upstreams.consul import ConsulAdapter, ConsulConfig
 from latchkey_server.upstreams.consul_watch import WatchSettings
@@ -115,9 +115,11 @@ async def test_tag_filter_and_unknown_service(
 ) -> None:
     name, _ = web
     assert len((await hub.healthy(ServiceQuery(name, tag="http"))).instances) == 2
-    assert (await hub.healthy(ServiceQuery(name, tag="grpc"))).instances == ()
-    missing = await hub.healthy(ServiceQuery(f"none-{uuid.uuid4().hex[:8]}"))
-    assert missing.instances == ()
+    with pytest.raises(NotFound, match="with tag 'grpc'"):
+        await hub.healthy(ServiceQuery(name, tag="grpc"))
+    unknown = f"none-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(NotFound, match=f"no instance of service '{unknown}'"):
+        await hub.healthy(ServiceQuery(unknown))
     with pytest.raises(InvalidArgument):
         await hub.healthy(ServiceQuery(""))
 

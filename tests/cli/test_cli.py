@@ -99,7 +99,7 @@ async def test_env_configuration_and_exit_codes(gateway: GatewayHandle) -> None:
     unauth = await asyncio.to_thread(
         CliRunner().invoke, cli, ["--token", "nope", "status"], env=env
     )
-    assert unauth.exit_code == 4
+    assert unauth.exit_code == 6
     down = await asyncio.to_thread(
         CliRunner().invoke,
         cli,

@@ -34,7 +34,16 @@ echo "secret=$(latchkey secrets get myapp/database --field password --reveal)"
 consul kv put config/myapp/database/host db.company.com >/dev/null
 echo "config=$(latchkey config get config/myapp/database/host --field value)"
 echo "psql=$(psql -tAc 'SELECT count(*) FROM items')"
+echo "dsn=$(psql "$(latchkey db creds demo-readonly --format dsn)" -tAc 'SELECT current_user')"
+eval "$(latchkey db creds demo-readonly --format env)" && echo "brokered=$(psql -tAc 'SELECT 1')"
+echo "user=$PGUSER"
 command -v latchkey bao consul
+"""
+# The same shell later, after the stack stopped (dev.env is gone; the variables are not).
+STALE_SESSION = """
+source "$1"
+latchkey status
+echo "rc=$?"
 """
 
 
@@ -64,13 +73,15 @@ def _wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> 
     return seen
 
 
-def _operator_session(dev_env: Path) -> subprocess.CompletedProcess[str]:
-    """Run OPERATOR_SESSION in bash with a PATH that lacks the venv (nothing activated)."""
+def _operator_session(
+    dev_env: Path, session: str = OPERATOR_SESSION
+) -> subprocess.CompletedProcess[str]:
+    """Run `session` in bash with a PATH that lacks the venv (nothing activated)."""
     path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != VENV_BIN)
     keep = ("HOME", "LANG", "TMPDIR")
     env = {name: os.environ[name] for name in keep if name in os.environ} | {"PATH": path}
     return subprocess.run(
-        ["bash", "-c", OPERATOR_SESSION, "session", str(dev_env)],
+        ["bash", "-c", session, "session", str(dev_env)],
         capture_output=True, text=True, env=env, timeout=120, check=False,
     )  # fmt: skip
 
@@ -111,6 +122,12 @@ def test_dev_stack_ready_and_credentials_log_in(tmp_path: Path, postgres: Postgr
         assert "secret=x" in session.stdout, session
         assert "config=db.company.com" in session.stdout, session
         assert "psql=3" in session.stdout, session
+        # A brokered credential in the forms people paste: a libpq URI and PG* variables.
+        assert "dsn=v-" in session.stdout, session
+        assert "brokered=1" in session.stdout, session
+        assert "user=v-" in session.stdout, session
+        stale_env = tmp_path / "dev.env.copy"
+        stale_env.write_text((state / "dev.env").read_text())
         found = session.stdout.split()[-3:]
         assert found[0] == str(Path(VENV_BIN) / "latchkey")
     finally:
@@ -120,6 +137,11 @@ def test_dev_stack_ready_and_credentials_log_in(tmp_path: Path, postgres: Postgr
         if proc.stdout is not None:
             proc.stdout.close()
     assert code == 0, (tmp_path / "dev.log").read_text()[-3000:]
+    # A shell that still has the variables is told the stack is gone, and what to do.
+    stale = _operator_session(stale_env, STALE_SESSION)
+    assert "rc=5" in stale.stdout, stale
+    assert "error: DevStackNotRunning: the dev stack is not running" in stale.stderr, stale
+    assert "run make dev" in stale.stderr
     # The audit log recorded the call, with the password only as an HMAC.
     audit = (state / "audit.log").read_text()
     assert "/latchkey.v1.Secrets/GetDatabaseCredentials" in audit

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import consul
 import grpc
 
 from latchkey_server.access.certs import CertPaths, init_ca, issue_client, issue_server
@@ -64,6 +65,10 @@ async def start_tls_gateway(
     base: Path, demo_env: dict[str, Any], consul_agent: ConsulAgent, vault_server: Any,
     postgres: PostgresCluster, *, require_client_cert: bool = True, **overrides: Any,
 ) -> TlsGateway:  # fmt: skip
+    # The policies name service `web`; a read of a service Consul does not know is NOT_FOUND.
+    consul.Consul(host="127.0.0.1", port=consul_agent.http_port).agent.service.register(
+        "web", service_id="web-access", address="127.0.0.1", port=8080
+    )
     tls_dir = base / "tls"
     init_ca(tls_dir)
     server = issue_server(tls_dir)

@@ -92,7 +92,7 @@ def test_settings_precedence_and_parsing(tmp_path: Path) -> None:
     assert explicit.endpoints == (Endpoint("c:3", tls=False),)
     assert explicit.token == "explicit"
     ca = tmp_path / "ca.pem"
-    ca.write_bytes(b"PEM")
+    ca.write_bytes(b"-----BEGIN CERTIFICATE-----\n(only the marker is checked)\n")
     tls = resolve_settings(["d:4", "http://e:5"], cacert=ca, environ={})
     assert [e.tls for e in tls.endpoints] == [True, False]
     assert not resolve_settings("d:4", cacert=ca, insecure=True, environ={}).endpoints[0].tls
@@ -102,6 +102,12 @@ def test_settings_precedence_and_parsing(tmp_path: Path) -> None:
         resolve_settings("a:1", client_cert=ca, environ={})
     with pytest.raises(latchkey.ConfigurationError, match="cannot read"):
         resolve_settings("a:1", cacert=tmp_path / "missing.pem", environ={})
+    (tmp_path / "junk.pem").write_text("junk")
+    with pytest.raises(latchkey.ConfigurationError, match=r"junk.pem' \(LATCHKEY_CACERT\) is not"):
+        resolve_settings("a:1", cacert=tmp_path / "junk.pem", environ={})
+    with pytest.raises(latchkey.ConfigurationError, match="LATCHKEY_DEV_PID must be a process"):
+        resolve_settings("a:1", environ={"LATCHKEY_DEV_PID": "x"})
+    assert resolve_settings("a:1", environ={"LATCHKEY_DEV_PID": "42"}).dev_pid == 42
 
 
 class FakeRpcError(grpc.RpcError):

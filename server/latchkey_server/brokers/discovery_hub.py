@@ -29,7 +29,7 @@ from latchkey_server.brokers.fanout import (
     WatchedTopic,
 )
 from latchkey_server.brokers.singleflight import SingleFlight
-from latchkey_server.errors import InvalidArgument, LatchkeyError, Unavailable
+from latchkey_server.errors import InvalidArgument, LatchkeyError, NotFound, Unavailable
 from latchkey_server.models import (
     Freshness,
     HealthStatus,
@@ -55,6 +55,19 @@ def serveable(instances: list[Instance], include_warning: bool) -> tuple[Instanc
 
 def _key(query: ServiceQuery) -> ServiceKey:
     return (query.service, query.tag, query.datacenter)
+
+
+def _registered(query: ServiceQuery, instances: list[Instance]) -> list[Instance]:
+    """`instances` (any health), or NotFound when Consul knows none: an unknown service must
+    not look like one whose instances are all critical."""
+    if not instances:
+        tag = f" with tag {query.tag!r}" if query.tag else ""
+        dc = f" in datacenter {query.datacenter!r}" if query.datacenter else ""
+        raise NotFound(
+            f"Consul knows no instance of service {query.service!r}{tag}{dc}: check the name "
+            "(consul catalog services lists them)"
+        )
+    return instances
 
 
 class _ServiceSubscriber(Subscriber[InstanceSet]):
@@ -203,11 +216,15 @@ class DiscoveryHub:
             raise InvalidArgument("a service name must not start with '/'")
 
     async def healthy(self, query: ServiceQuery) -> InstanceSet:
-        """The serveable instances now: from a live watch, else one (single-flight) read."""
+        """The serveable instances now: from a live watch, else one (single-flight) read.
+        NotFound when Consul knows no instance of the service (of any health); an empty set
+        means every instance fails a check. Watches, unlike this read, may start before the
+        service is registered."""
         self._check(query)
         key = _key(query)
         topic = self._topics.get(key)
         if topic is not None and topic.usable(self.stale_limit):
+            _registered(query, topic.instances)
             return topic.view(query.include_warning)
 
         try:
@@ -222,10 +239,14 @@ class DiscoveryHub:
             if cached is None:
                 raise
             instances, fresh = cached
-            return InstanceSet(serveable(instances, query.include_warning), fresh.index, fresh)
+            return InstanceSet(
+                serveable(_registered(query, instances), query.include_warning), fresh.index, fresh
+            )
         fresh = Freshness(index, utcnow())
         self._last.put(key, instances, fresh)
-        return InstanceSet(serveable(instances, query.include_warning), index, fresh)
+        return InstanceSet(
+            serveable(_registered(query, instances), query.include_warning), index, fresh
+        )
 
     def watch(self, query: ServiceQuery) -> AsyncGenerator[InstanceSet | Heartbeat, None]:
         """Stream a service's serveable instances. Arguments are checked now; the subscription

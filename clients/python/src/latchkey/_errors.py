@@ -13,12 +13,17 @@
     │   ├── FailedPrecondition       (FAILED_PRECONDITION)
     │   ├── ResourceExhausted        (RESOURCE_EXHAUSTED)
     │   ├── Unavailable              (UNAVAILABLE, retried with backoff; `retry_after`)
+    │   │   ├── HandshakeFailed      the TLS set-up failed: wrong CA, missing or refused client
+    │   │   │                        certificate, TLS spoken to a plaintext server or back
+    │   │   └── DevStackNotRunning   the `make dev` that wrote LATCHKEY_* has stopped
     │   └── Internal                 (INTERNAL and any other code)
     └── ConfigurationError           the client was configured wrongly (no address, bad cert file)
 
 Every class carries its gRPC status code name as `code`; the code→class table fills itself as the
-classes are defined. The gRPC error is translated in one place (`latchkey._grpc.translate`).
-Messages come from the gateway, which never puts a secret value in them.
+classes are defined. The gRPC error is translated in one place (`latchkey._grpc.translate`);
+connection failures, which gRPC reports only as text, are explained there by `latchkey._explain`
+with a message that names the setting to change. Messages come from the gateway, which never
+puts a secret value in them, or from the SDK, which never puts one in either.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ __all__ = [
     "Cancelled",
     "ConfigurationError",
     "DeadlineExceeded",
+    "DevStackNotRunning",
     "FailedPrecondition",
+    "HandshakeFailed",
     "Internal",
     "InvalidArgument",
     "LatchkeyError",
@@ -163,9 +170,33 @@ class ResourceExhausted(StatusError):
 
 
 class Unavailable(StatusError):
-    """The gateway (or its upstream) cannot be reached; retried with backoff within a deadline."""
+    """The gateway (or its upstream) cannot be reached; retried with backoff within a deadline.
+
+    Attributes:
+        retryable: False when waiting cannot help (a certificate that does not verify, a dev
+            stack that has stopped); such errors are raised at once, without retrying.
+    """
 
     code = StatusCode.UNAVAILABLE
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, retryable: bool = True
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.retryable = retryable
+
+
+class HandshakeFailed(Unavailable):
+    """The client and the gateway could not set up the connection's TLS: the gateway's
+    certificate does not verify against the configured CA, it requires a client certificate
+    that was not sent (or refused the one sent), or one side speaks TLS and the other not. The
+    message names the setting to change (`LATCHKEY_CACERT`, `LATCHKEY_CLIENT_CERT`/`_KEY`,
+    `LATCHKEY_ADDR`)."""
+
+
+class DevStackNotRunning(Unavailable):
+    """`LATCHKEY_DEV_PID` names the `latchkey-server dev` that wrote the environment, and that
+    process has exited: run `make dev` and `source .latchkey/dev.env` again."""
 
 
 class Internal(StatusError):

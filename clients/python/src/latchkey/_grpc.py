@@ -9,6 +9,7 @@ from __future__ import annotations
 import grpc
 
 from latchkey._errors import Cancelled, LatchkeyError, StatusCode
+from latchkey._explain import explain
 from latchkey._settings import ClientSettings, Endpoint
 
 Metadata = tuple[tuple[str, str], ...]
@@ -59,8 +60,11 @@ def _retry_after(exc: grpc.RpcError) -> float | None:
     return None
 
 
-def translate(exc: grpc.RpcError) -> LatchkeyError:
-    """The one mapping from a gRPC error to the SDK's exception tree."""
+def translate(
+    exc: grpc.RpcError, settings: ClientSettings | None = None, endpoint: Endpoint | None = None
+) -> LatchkeyError:
+    """The one mapping from a gRPC error to the SDK's exception tree. With the settings and the
+    endpoint of the call, a failed connection is explained (`latchkey._explain`)."""
     code_fn = getattr(exc, "code", None)
     details_fn = getattr(exc, "details", None)
     code = code_fn() if callable(code_fn) else grpc.StatusCode.UNKNOWN
@@ -69,9 +73,13 @@ def translate(exc: grpc.RpcError) -> LatchkeyError:
         status = StatusCode[code.name]
     except (KeyError, AttributeError):
         status = StatusCode.UNKNOWN
-    cls = LatchkeyError.for_code(status)
-    message = details or f"the gateway call failed with {status.name}"
-    error = cls(message, retry_after=_retry_after(exc))
+    error: LatchkeyError | None = None
+    if status is StatusCode.UNAVAILABLE and settings is not None and endpoint is not None:
+        error = explain(details or "", settings, endpoint)
+    if error is None:
+        cls = LatchkeyError.for_code(status)
+        message = details or f"the gateway call failed with {status.name}"
+        error = cls(message, retry_after=_retry_after(exc))
     error.__cause__ = exc
     return error
 

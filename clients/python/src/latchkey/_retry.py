@@ -32,5 +32,6 @@ class Backoff:
 
 
 def is_retryable(exc: LatchkeyError) -> bool:
-    """Only UNAVAILABLE is retried: the request never reached a working gateway or upstream."""
-    return isinstance(exc, Unavailable)
+    """Only UNAVAILABLE is retried (the request never reached a working gateway or upstream),
+    and not when waiting cannot help (`Unavailable.retryable`)."""
+    return isinstance(exc, Unavailable) and exc.retryable

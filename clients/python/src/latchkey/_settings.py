@@ -17,6 +17,17 @@ ENV_TOKEN = "LATCHKEY_TOKEN"
 ENV_CACERT = "LATCHKEY_CACERT"
 ENV_CLIENT_CERT = "LATCHKEY_CLIENT_CERT"
 ENV_CLIENT_KEY = "LATCHKEY_CLIENT_KEY"
+ENV_DEV_PID = "LATCHKEY_DEV_PID"
+
+NO_ADDRESS = (
+    f"no gateway address: pass addr=... or set {ENV_ADDR} (e.g. 127.0.0.1:7400; for the "
+    "stack `make dev` runs: source .latchkey/dev.env)"
+)
+_PEM_MARKERS = {
+    "CA certificate": (b"-----BEGIN CERTIFICATE-----", ENV_CACERT),
+    "client certificate": (b"-----BEGIN CERTIFICATE-----", ENV_CLIENT_CERT),
+    "client key": (b"PRIVATE KEY-----", ENV_CLIENT_KEY),
+}
 
 
 @dataclass(frozen=True)
@@ -47,17 +58,35 @@ class ClientSettings:
     """Deadline of each unary attempt, seconds."""
     retry_deadline: float = 15.0
     """Total time a unary call may spend retrying UNAVAILABLE, seconds."""
+    dev_pid: int | None = None
+    """PID of the `latchkey-server dev` that wrote these settings (`LATCHKEY_DEV_PID`, set by
+    `.latchkey/dev.env`); once it has exited, a failed connection raises `DevStackNotRunning`."""
 
 
 def _read(path: str | os.PathLike[str] | None, what: str) -> bytes | None:
     if path is None or str(path) == "":
         return None
+    marker, env = _PEM_MARKERS[what]
     try:
-        return Path(path).read_bytes()
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigurationError(
-            f"cannot read the {what} file {str(path)!r}: {exc.strerror}"
+            f"cannot read the {what} file {str(path)!r} ({env}): {exc.strerror}"
         ) from exc
+    if marker not in data:
+        raise ConfigurationError(
+            f"the {what} file {str(path)!r} ({env}) is not PEM: it has no "
+            f"{marker.decode().strip('-')!r} block"
+        )
+    return data
+
+
+def _dev_pid(text: str | None) -> int | None:
+    if not text:
+        return None
+    if not text.isdigit() or int(text) <= 0:
+        raise ConfigurationError(f"{ENV_DEV_PID} must be a process id, not {text!r}")
+    return int(text)
 
 
 def parse_addresses(
@@ -82,9 +111,7 @@ def parse_addresses(
                 tls = False
             endpoints.append(Endpoint(target=text, tls=tls))
     if not endpoints:
-        raise ConfigurationError(
-            f"no gateway address: pass addr=... or set {ENV_ADDR} (e.g. 127.0.0.1:7400)"
-        )
+        raise ConfigurationError(NO_ADDRESS)
     return tuple(endpoints)
 
 
@@ -112,9 +139,7 @@ def resolve_settings(
             f"a client certificate needs its key: give both {ENV_CLIENT_CERT} and {ENV_CLIENT_KEY}"
         )
     if addr is None:
-        raise ConfigurationError(
-            f"no gateway address: pass addr=... or set {ENV_ADDR} (e.g. 127.0.0.1:7400)"
-        )
+        raise ConfigurationError(NO_ADDRESS)
     tls_default = cacert is not None or client_cert is not None
     return ClientSettings(
         endpoints=parse_addresses(addr, tls_default=tls_default, insecure=insecure),
@@ -124,4 +149,5 @@ def resolve_settings(
         client_key=_read(client_key, "client key"),
         timeout=timeout,
         retry_deadline=retry_deadline,
+        dev_pid=_dev_pid(env.get(ENV_DEV_PID)),
     )

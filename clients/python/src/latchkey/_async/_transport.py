@@ -14,7 +14,7 @@ from latchkey._async._backend import AsyncLock, monotonic, sleep
 from latchkey._errors import LatchkeyError
 from latchkey._grpc import CHANNEL_OPTIONS, channel_credentials, metadata, translate
 from latchkey._retry import Backoff, is_retryable
-from latchkey._settings import ClientSettings
+from latchkey._settings import ClientSettings, Endpoint
 from latchkey.v1 import config_pb2_grpc, discovery_pb2_grpc, gateway_pb2_grpc, secrets_pb2_grpc
 
 if TYPE_CHECKING:
@@ -40,9 +40,13 @@ class AsyncStubs:
 class AsyncStream(Generic[Resp]):
     """A server stream whose errors (also those raised mid-iteration) are SDK exceptions."""
 
-    def __init__(self, call: Any) -> None:
+    def __init__(
+        self, call: Any, settings: ClientSettings | None = None, endpoint: Endpoint | None = None
+    ) -> None:
         self._call = call
         self._iterator = call.__aiter__()
+        self._settings = settings
+        self._endpoint = endpoint
 
     def __aiter__(self) -> AsyncStream[Resp]:
         return self
@@ -51,7 +55,7 @@ class AsyncStream(Generic[Resp]):
         try:
             item: Resp = await self._iterator.__anext__()
         except grpc.RpcError as exc:
-            raise translate(exc) from exc
+            raise translate(exc, self._settings, self._endpoint) from exc
         return item
 
     def cancel(self) -> None:
@@ -123,7 +127,7 @@ class AsyncTransport:
                 )
                 return response
             except grpc.RpcError as exc:
-                error = translate(exc)
+                error = translate(exc, self.settings, self.settings.endpoints[index])
             if not is_retryable(error):
                 raise error
             self.failover(index)
@@ -141,7 +145,7 @@ class AsyncTransport:
         """Open a server stream on the active gateway; returns it with the gateway's index."""
         index = self._active
         call = method(self._stubs_for(index))(request, metadata=self._metadata)
-        return AsyncStream(call), index
+        return AsyncStream(call, self.settings, self.settings.endpoints[index]), index
 
     async def aclose(self) -> None:
         async with self._lock:

@@ -44,6 +44,7 @@ class AsyncWatch:
         self._stop = AsyncSignal()
         self._ready = AsyncSignal()
         self._first_error: LatchkeyError | None = None
+        self._last_error: LatchkeyError | None = None
         self._stream: AsyncStream[Any] | None = None
         self._task: AsyncBackgroundTask | None = None
 
@@ -52,6 +53,8 @@ class AsyncWatch:
         self._task = AsyncBackgroundTask(self._run, name=f"latchkey-watch-{self._name}")
         if not await self._ready.wait(FIRST_EVENT_TIMEOUT):
             await self.aclose()
+            if self._last_error is not None:  # why it never started, in words naming the fix
+                raise self._last_error
             raise LatchkeyError(
                 f"watch {self._name}: no first event within {FIRST_EVENT_TIMEOUT:.0f}s"
             )
@@ -84,7 +87,7 @@ class AsyncWatch:
                     self._ready.set()
                 error: LatchkeyError | None = None
             except LatchkeyError as exc:
-                error = exc
+                error = self._last_error = exc
             if self._stop.is_set():
                 return
             if error is not None and not is_retryable(error):

@@ -29,7 +29,9 @@ class Services:
         self._lock = Lock()
 
     def healthy(self, name: str, tag: str | None = None) -> list[Instance]:
-        """The instances of `name` (carrying `tag`, when given) whose checks all pass."""
+        """The instances of `name` (carrying `tag`, when given) whose checks all pass. Raises
+        `NotFound` when Consul knows no instance of it at all (an empty list: every instance
+        fails a check)."""
         response = self._transport.unary(
             lambda s: s.discovery.GetHealthyInstances, _convert.healthy_request(name, tag)
         )

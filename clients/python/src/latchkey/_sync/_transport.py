@@ -13,7 +13,7 @@ import grpc
 from latchkey._errors import LatchkeyError
 from latchkey._grpc import CHANNEL_OPTIONS, channel_credentials, metadata, translate
 from latchkey._retry import Backoff, is_retryable
-from latchkey._settings import ClientSettings
+from latchkey._settings import ClientSettings, Endpoint
 from latchkey._sync._backend import Lock, monotonic, sleep
 from latchkey.v1 import config_pb2_grpc, discovery_pb2_grpc, gateway_pb2_grpc, secrets_pb2_grpc
 
@@ -40,9 +40,13 @@ class Stubs:
 class Stream(Generic[Resp]):
     """A server stream whose errors (also those raised mid-iteration) are SDK exceptions."""
 
-    def __init__(self, call: Any) -> None:
+    def __init__(
+        self, call: Any, settings: ClientSettings | None = None, endpoint: Endpoint | None = None
+    ) -> None:
         self._call = call
         self._iterator = call.__iter__()
+        self._settings = settings
+        self._endpoint = endpoint
 
     def __iter__(self) -> Stream[Resp]:
         return self
@@ -51,7 +55,7 @@ class Stream(Generic[Resp]):
         try:
             item: Resp = self._iterator.__next__()
         except grpc.RpcError as exc:
-            raise translate(exc) from exc
+            raise translate(exc, self._settings, self._endpoint) from exc
         return item
 
     def cancel(self) -> None:
@@ -123,7 +127,7 @@ class Transport:
                 )
                 return response
             except grpc.RpcError as exc:
-                error = translate(exc)
+                error = translate(exc, self.settings, self.settings.endpoints[index])
             if not is_retryable(error):
                 raise error
             self.failover(index)
@@ -141,7 +145,7 @@ class Transport:
         """Open a server stream on the active gateway; returns it with the gateway's index."""
         index = self._active
         call = method(self._stubs_for(index))(request, metadata=self._metadata)
-        return Stream(call), index
+        return Stream(call, self.settings, self.settings.endpoints[index]), index
 
     def close(self) -> None:
         with self._lock:

@@ -45,6 +45,7 @@ class Watch:
         self._stop = Signal()
         self._ready = Signal()
         self._first_error: LatchkeyError | None = None
+        self._last_error: LatchkeyError | None = None
         self._stream: Stream[Any] | None = None
         self._task: BackgroundTask | None = None
 
@@ -53,6 +54,8 @@ class Watch:
         self._task = BackgroundTask(self._run, name=f"latchkey-watch-{self._name}")
         if not self._ready.wait(FIRST_EVENT_TIMEOUT):
             self.close()
+            if self._last_error is not None:  # why it never started, in words naming the fix
+                raise self._last_error
             raise LatchkeyError(
                 f"watch {self._name}: no first event within {FIRST_EVENT_TIMEOUT:.0f}s"
             )
@@ -85,7 +88,7 @@ class Watch:
                     self._ready.set()
                 error: LatchkeyError | None = None
             except LatchkeyError as exc:
-                error = exc
+                error = self._last_error = exc
             if self._stop.is_set():
                 return
             if error is not None and not is_retryable(error):

@@ -1,4 +1,8 @@
-"""The operator CLI `latchkey` (installed with the `cli` extra: `pip install 'latchkey[cli]'`)."""
+"""The operator CLI `latchkey` (installed with the `cli` extra: `pip install 'latchkey[cli]'`).
+
+The `latchkey` command starts in `_latchkey_cli` (outside this package), which sets gRPC core's
+log level before `grpc` is imported and then calls `main`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import sys
 
 
 def main() -> None:
-    """Entry point of `latchkey`."""
+    """Run the CLI (exit codes: `latchkey --help`, table in `latchkey.cli._exit`)."""
     try:
         from latchkey.cli._app import run
     except ImportError as exc:  # pragma: no cover - depends on the installed extras

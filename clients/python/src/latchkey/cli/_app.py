@@ -2,26 +2,38 @@
 
 from __future__ import annotations
 
-import queue
+import logging
+import os
+import sys
+import threading
+import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
 import latchkey
+from latchkey.cli import _creds
 from latchkey.cli import _output as out
+from latchkey.cli._exit import Exit, epilog, for_error
+from latchkey.cli._paths import secret_location, with_mount_hint
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_CODES_HELP = """Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 permission denied,
-5 unavailable."""
+NO_ADDRESS = (
+    "no gateway address: pass --addr or set LATCHKEY_ADDR (e.g. 127.0.0.1:7400; for the stack "
+    "`make dev` runs: source .latchkey/dev.env)"
+)
 
 
 class Ctx:
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, debug: bool, **options: Any) -> None:
+        self.debug = debug
         self.options = options
 
     def client(self) -> latchkey.Client:
+        if not (self.options.get("addr") or "").strip():
+            raise latchkey.ConfigurationError(NO_ADDRESS)
         return latchkey.Client(**self.options)
 
 
@@ -54,18 +66,29 @@ def watch_options(fn: F) -> F:
 
 
 class LatchkeyGroup(click.Group):
-    """Turns SDK errors into one line on stderr and a documented exit code."""
+    """Turns SDK errors into one line on stderr and a documented exit code (`_exit.TABLE`);
+    Ctrl-C exits 130 without a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except latchkey.LatchkeyError as exc:
+            if isinstance(ctx.obj, Ctx) and ctx.obj.debug:
+                traceback.print_exception(exc)
             click.echo(f"error: {type(exc).__name__}: {exc.message}", err=True)
-            ctx.exit(out.exit_code(exc))
+            ctx.exit(for_error(exc))
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(Exit.INTERRUPTED)
 
 
-@click.group(cls=LatchkeyGroup, epilog=EXIT_CODES_HELP)
-@click.option("--addr", default=None, help="Gateway address(es), comma-separated [LATCHKEY_ADDR].")
+@click.group(cls=LatchkeyGroup, epilog=epilog())
+@click.option(
+    "--addr",
+    envvar="LATCHKEY_ADDR",
+    default=None,
+    help="Gateway address(es), comma-separated [LATCHKEY_ADDR].",
+)
 @click.option("--token", default=None, help="Bearer token [LATCHKEY_TOKEN].")
 @click.option("--cacert", default=None, help="CA certificate (PEM) [LATCHKEY_CACERT].")
 @click.option("--client-cert", default=None, help="Client certificate [LATCHKEY_CLIENT_CERT].")
@@ -78,17 +101,24 @@ class LatchkeyGroup(click.Group):
     show_default=True,
     help="Seconds to keep retrying an unavailable gateway.",
 )
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Show gRPC core's log lines, the SDK's debug log and tracebacks of errors.",
+)
 @click.version_option(latchkey.__version__, prog_name="latchkey")
 @click.pass_context
-def cli(ctx: click.Context, /, **options: Any) -> None:
+def cli(ctx: click.Context, /, debug: bool, **options: Any) -> None:
     """Operate a latchkey gateway: secrets, database leases, config, services.
 
     \b
     Example:
-      export LATCHKEY_ADDR=127.0.0.1:7400 LATCHKEY_TOKEN=...
+      source .latchkey/dev.env      # after `make dev`; or set LATCHKEY_ADDR, LATCHKEY_TOKEN, ...
       latchkey status
     """
-    ctx.obj = Ctx(**options)
+    if debug:
+        logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+    ctx.obj = Ctx(debug, **options)
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
@@ -114,11 +144,16 @@ def secrets_get(
 ) -> None:
     """Read a secret. Values are shown only with --reveal or --field.
 
+    PATH is relative to the mount (`myapp/database`), or written as Vault's CLI
+    (`secret/myapp/database`) or API (`secret/data/myapp/database`) write it, with the mount
+    first.
+
     \b
     Example:
       latchkey secrets get demo/app --field api_key
     """
-    with ctx.client() as client:
+    mount, path = secret_location(path, mount)
+    with ctx.client() as client, with_mount_hint(path, mount):
         secret = client.secrets.get(path, mount=mount, version=version)
     if field is not None:
         out.emit(secret.data, fmt, field, [])
@@ -151,17 +186,63 @@ def db() -> None:
 @db.command("creds")
 @click.argument("role")
 @click.option("--reveal", is_flag=True, help="Print the password (hidden unless asked for).")
-@read_options
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "env", "dsn"]),
+    default="table",
+    show_default=True,
+    help="env: shell `export` lines; dsn: a libpq URI (both include the password).",
+)
+@click.option("--field", default=None, help="Print only this field's bare value (for scripts).")
+@click.option(
+    "--prefix",
+    default="PG",
+    show_default=True,
+    help="--format env: variable names are PREFIX + USER / PASSWORD.",
+)
+@click.option("--host", envvar="PGHOST", default=None, help="--format dsn: host [PGHOST].")
+@click.option("--port", envvar="PGPORT", default=None, help="--format dsn: port [PGPORT].")
+@click.option(
+    "--dbname", envvar="PGDATABASE", default=None, help="--format dsn: database [PGDATABASE]."
+)
 @pass_ctx
-def db_creds(ctx: Ctx, role: str, reveal: bool, fmt: str, field: str | None) -> None:
+def db_creds(
+    ctx: Ctx,
+    role: str,
+    reveal: bool,
+    fmt: str,
+    field: str | None,
+    prefix: str,
+    host: str | None,
+    port: str | None,
+    dbname: str | None,
+) -> None:
     """Get a credential for ROLE (a lease the gateway renews while held).
+
+    `--format env` prints `export PGUSER=... PGPASSWORD=...` lines for `eval`; `--format dsn`
+    a `postgresql://` URI for --host/--port/--dbname, which default to PGHOST, PGPORT and
+    PGDATABASE (`.latchkey/dev.env` sets them to the demo database). Both quote the password
+    for the shell or the URI.
 
     \b
     Example:
       latchkey db creds demo-readonly --field username
+      eval "$(latchkey db creds demo-readonly --format env)" && psql -c 'select 1'
+      psql "$(latchkey db creds demo-readonly --format dsn)"
     """
+    if fmt in ("env", "dsn") and field is not None:
+        raise click.UsageError(f"--field cannot be combined with --format {fmt}")
+    if fmt == "env":
+        _creds.check_prefix(prefix)
     with ctx.client() as client:
         creds = client.database.credentials(role)
+    if fmt == "env":
+        click.echo(_creds.env_lines(creds, prefix), nl=False)
+        return
+    if fmt == "dsn":
+        click.echo(_creds.dsn(creds, host=host, port=port, dbname=dbname))
+        return
     doc = _creds_doc(creds, reveal or field == "password")
     out.emit(doc, fmt, field, ["username", "password", "lease_id", "expires_at"])
 
@@ -269,16 +350,40 @@ def config_list(ctx: Ctx, prefix: str, fmt: str, field: str | None) -> None:
     out.emit([_entry_doc(e) for e in entries], fmt, field, ["key", "value", "modify_index"])
 
 
-def _follow(events: queue.Queue[dict[str, Any]], fmt: str, count: int | None) -> None:
-    seen = 0
-    try:
-        while count is None or seen < count:
-            doc = events.get()
-            out.emit_line(doc, fmt)
-            if doc.get("event") not in ("stale", "fresh", "unreachable", "reconnected"):
-                seen += 1
-    except KeyboardInterrupt:
-        pass
+class Follower:
+    """Prints a watch's events as the SDK delivers them (from its thread), so that a stream
+    that cannot start shows why at once (`unreachable` with the reason) while it retries; the
+    command returns after `count` data events (Ctrl-C: exit code 130)."""
+
+    STATUS = ("stale", "fresh", "unreachable", "reconnected")
+
+    def __init__(self, fmt: str, count: int | None) -> None:
+        self._fmt = fmt
+        self._count = count
+        self._seen = 0
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self.broken_pipe = False
+
+    def emit(self, doc: dict[str, Any]) -> None:
+        with self._lock:
+            if self._done.is_set():
+                return
+            try:
+                out.emit_line(doc, self._fmt)
+            except BrokenPipeError:  # the reader went away (`| head -1`)
+                self.broken_pipe = True
+                self._done.set()
+                return
+            if doc.get("event") not in self.STATUS:
+                self._seen += 1
+                if self._count is not None and self._seen >= self._count:
+                    self._done.set()
+
+    def wait(self) -> None:
+        self._done.wait()
+        if self.broken_pipe:  # nothing more can be written; keep Python's exit quiet too
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _status_doc(status: latchkey.StreamStatus) -> dict[str, Any]:
@@ -296,13 +401,13 @@ def config_watch(ctx: Ctx, prefix: str, fmt: str, count: int | None) -> None:
     Example:
       latchkey config watch config/demo/ | jq .
     """
-    events: queue.Queue[dict[str, Any]] = queue.Queue()
+    follower = Follower(fmt, count)
 
     def on_event(event: latchkey.ConfigEvent | latchkey.StreamStatus) -> None:
         if isinstance(event, latchkey.StreamStatus):
-            events.put(_status_doc(event))
+            follower.emit(_status_doc(event))
             return
-        events.put(
+        follower.emit(
             {
                 "event": event.kind,
                 "index": event.index,
@@ -316,7 +421,7 @@ def config_watch(ctx: Ctx, prefix: str, fmt: str, count: int | None) -> None:
         )
 
     with ctx.client() as client, client.config.watch(prefix, on_event):
-        _follow(events, fmt, count)
+        follower.wait()
 
 
 # ------------------------------------------------------------------ services
@@ -344,6 +449,12 @@ def services_list(ctx: Ctx, name: str, tag: str | None, fmt: str, field: str | N
     """
     with ctx.client() as client:
         instances = client.services.healthy(name, tag=tag)
+    if not instances:
+        click.echo(
+            f"0 healthy instances of {name!r}: Consul knows instances of it, but none passes "
+            "its health checks",
+            err=True,
+        )
     out.emit([i.model_dump() for i in instances], fmt, field, INSTANCE_COLUMNS)
 
 
@@ -358,13 +469,13 @@ def services_watch(ctx: Ctx, name: str, fmt: str, count: int | None) -> None:
     Example:
       latchkey services watch web --count 1
     """
-    events: queue.Queue[dict[str, Any]] = queue.Queue()
+    follower = Follower(fmt, count)
 
     def on_event(event: latchkey.ServiceEvent | latchkey.StreamStatus) -> None:
         if isinstance(event, latchkey.StreamStatus):
-            events.put(_status_doc(event))
+            follower.emit(_status_doc(event))
             return
-        events.put(
+        follower.emit(
             {
                 "event": "instances",
                 "service": name,
@@ -376,7 +487,7 @@ def services_watch(ctx: Ctx, name: str, fmt: str, count: int | None) -> None:
         )
 
     with ctx.client() as client, client.services.watch(name, on_event):
-        _follow(events, fmt, count)
+        follower.wait()
 
 
 # ------------------------------------------------------------------ status

@@ -10,22 +10,7 @@ from typing import Any
 
 import click
 
-import latchkey
-
 REDACTED = "********"
-
-# Documented exit codes.
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_DENIED, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4, 5
-
-
-def exit_code(error: latchkey.LatchkeyError) -> int:
-    if isinstance(error, latchkey.NotFound):
-        return EXIT_NOT_FOUND
-    if isinstance(error, latchkey.PermissionDenied | latchkey.Unauthenticated):
-        return EXIT_DENIED
-    if isinstance(error, latchkey.Unavailable | latchkey.TransportError):
-        return EXIT_UNAVAILABLE
-    return EXIT_ERROR
 
 
 def plain(value: Any) -> Any:

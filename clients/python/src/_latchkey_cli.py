@@ -1,0 +1,50 @@
+"""Launcher of the `latchkey` command (the console script points here, not into `latchkey`).
+
+gRPC core reads `GRPC_VERBOSITY` once, when `grpc` is first imported, and importing anything
+under `latchkey` imports `grpc`. So this module, which imports nothing of latchkey's until
+`main()` has run, silences gRPC core's own log lines (`I1201 ... Handshake failed ...`) unless
+`--debug` is among the global options; the CLI reports every failure itself, with its fix.
+The variable is restored once `grpc` is loaded, so commands that `latchkey exec` starts inherit
+the caller's environment unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+GRPC_VERBOSITY = "GRPC_VERBOSITY"
+INTERRUPTED = 130
+"""Exit code after Ctrl-C (128 + SIGINT), as shells report it (also in `latchkey.cli._exit`)."""
+
+
+def wants_debug(args: list[str]) -> bool:
+    """Whether `--debug` is among the arguments before a `--` (the global options)."""
+    for arg in args:
+        if arg == "--":
+            return False
+        if arg == "--debug":
+            return True
+    return False
+
+
+def main() -> None:
+    """Entry point of `latchkey`."""
+    debug = wants_debug(sys.argv[1:])
+    saved = os.environ.get(GRPC_VERBOSITY)
+    if saved is None or not debug:
+        os.environ[GRPC_VERBOSITY] = "INFO" if debug else "NONE"
+    try:
+        from latchkey.cli import main as cli_main
+    except KeyboardInterrupt:
+        raise SystemExit(INTERRUPTED) from None
+    finally:
+        if saved is None:
+            os.environ.pop(GRPC_VERBOSITY, None)
+        else:
+            os.environ[GRPC_VERBOSITY] = saved
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()
