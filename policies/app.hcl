@@ -28,3 +28,8 @@ config "billing/" {
 service "payments" {
   capabilities = ["discover"]
 }
+
+# Its own identity and the upstreams' freshness (`latchkey status`, Gateway.Status).
+gateway "status" {
+  capabilities = ["status"]
+}

@@ -76,7 +76,7 @@ def test_shipped_policies_load(shipped: PolicySet) -> None:
         ("billing", K.CONFIG, "billingx", "read", False),
         ("billing", K.SERVICE, "payments", "discover", True),
         ("billing", K.SERVICE, "orders", "discover", False),
-        ("billing", K.GATEWAY, "status", "status", False),
+        ("billing", K.GATEWAY, "status", "status", True),
         ("spiffe://example.org/billing", K.DATABASE, "billing-rw", "read", True),
         ("spiffe://example.org/billingx", K.DATABASE, "billing-rw", "read", False),
         ("operator", K.DATABASE, "*", "list_leases", True),

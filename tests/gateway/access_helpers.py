@@ -24,6 +24,7 @@ service  "web"                      { capabilities = ["discover"] }
 """
 OPERATOR_POLICY = """
 database "*" { capabilities = ["list_leases", "renew", "revoke", "revoke_any"] }
+gateway "*"  { capabilities = ["status"] }
 """
 BINDINGS = """
 binding "spiffe://example.org/billing" { policies = ["app"] }
