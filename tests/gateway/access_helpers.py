@@ -67,9 +67,11 @@ async def start_tls_gateway(
     postgres: PostgresCluster, *, require_client_cert: bool = True, **overrides: Any,
 ) -> TlsGateway:  # fmt: skip
     # The policies name service `web`; a read of a service Consul does not know is NOT_FOUND.
+    # The instance is critical, so it stays out of every healthy set other tests read.
     consul.Consul(host="127.0.0.1", port=consul_agent.http_port).agent.service.register(
-        "web", service_id="web-access", address="127.0.0.1", port=8080
-    )
+        "web", service_id="web-access", address="127.0.0.1", port=8080,
+        check={"CheckID": "web-access-ttl", "TTL": "87600h", "Status": "critical"},
+    )  # fmt: skip
     tls_dir = base / "tls"
     init_ca(tls_dir)
     server = issue_server(tls_dir)
