@@ -96,14 +96,26 @@ def token_create(identity: str, tokens_file: Path) -> None:
     envvar="LATCHKEY_STATE_DIR",
     help="Where dev.env, logs and generated material are written.",
 )
-def dev(state_dir: Path) -> None:
+@click.option(
+    "--policies-dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    envvar="LATCHKEY_POLICIES_DIR",
+    help="Access policies the dev gateway applies (hot-reloaded on change). "
+    "Default: ./policies when it exists, else the policies shipped with latchkey.",
+)
+def dev(state_dir: Path, policies_dir: Path | None) -> None:
     """Run the local development stack in the foreground (what `make dev` runs).
 
     Example: latchkey-server dev --state-dir .latchkey
     """
+    from latchkey_server.access.policies import DEFAULT_POLICY_DIR
     from latchkey_server.devstack.run import run_dev
 
-    run_dev(state_dir.resolve())
+    if policies_dir is None:
+        local = Path("policies")
+        policies_dir = local if (local / "bindings.hcl").exists() else DEFAULT_POLICY_DIR
+    run_dev(state_dir.resolve(), policies_dir.resolve())
 
 
 # --- certs: development CA and mTLS certificates (access/certs.py) ----------------------------

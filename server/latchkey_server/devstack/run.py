@@ -26,7 +26,6 @@ from typing import Protocol
 import click
 
 from latchkey_server.access.certs import CertPaths, init_ca, issue_client, issue_server
-from latchkey_server.access.policies import DEFAULT_POLICY_DIR
 from latchkey_server.devstack.consul import ConsulAgent
 from latchkey_server.devstack.devenv import write_dev_env
 from latchkey_server.devstack.gateway_config import (
@@ -145,6 +144,8 @@ class DevStack:
     """The components of one run, started in order and stopped in reverse."""
 
     state_dir: Path
+    policies_dir: Path
+    """The access policies the gateway applies (it reloads them when they change)."""
     record: RunRecord
     signals: SignalPlan
     started: list[tuple[str, _Component]] = field(default_factory=list)
@@ -180,7 +181,7 @@ class DevStack:
         self.started.clear()
 
 
-def run_dev(state_dir: Path) -> None:
+def run_dev(state_dir: Path, policies_dir: Path) -> None:
     """Start everything, write dev.env, block until SIGINT/SIGTERM, stop in reverse order."""
     state_dir.mkdir(parents=True, exist_ok=True)
     lock = DevLock(state_dir / "dev.lock")
@@ -194,7 +195,7 @@ def run_dev(state_dir: Path) -> None:
     record.clean_leftovers(lambda line: click.echo(line, err=True))
     os.environ.setdefault(RUN_MARKER, secrets.token_hex(8))
     signals = SignalPlan()
-    stack = DevStack(state_dir, record, signals)
+    stack = DevStack(state_dir, policies_dir, record, signals)
     failure: str | None = None
     with signals.installed():
         try:
@@ -276,7 +277,7 @@ def _bring_up(stack: DevStack, env_path: Path) -> None:
                 approle=approle,
                 consul_addr=consul.http_addr,
                 tokens_file=tokens_file,
-                policies_dir=DEFAULT_POLICY_DIR,
+                policies_dir=stack.policies_dir,
                 tls=TlsFiles(tls.server.cert, tls.server.key, client_ca_file=tls.ca.cert),
                 audit_sink=str(state_dir / "audit.log"),
                 audit_key_file=write_audit_key(state_dir / "audit.key"),
@@ -319,7 +320,8 @@ def _bring_up(stack: DevStack, env_path: Path) -> None:
         f"  3. latchkey secrets get {DEMO_SECRET_PATH}; latchkey config watch "
         f"{DEMO_CONFIG_PREFIX}; latchkey services watch web\n"
         f"  4. audit log {state_dir / 'audit.log'}, logs in {state_dir / 'logs'}, "
-        f"metrics http://127.0.0.1:{gateway.metrics_port}/metrics\n"
+        f"metrics http://127.0.0.1:{gateway.metrics_port}/metrics, "
+        f"policies {stack.policies_dir} (reloaded on change)\n"
         "  5. Ctrl-C stops everything and revokes the gateway's leases"
     )
     sys.stdout.flush()
