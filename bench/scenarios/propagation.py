@@ -24,6 +24,7 @@ from bench.subscribers import FLOOR_ROUND_OFFSET, Subscribers, split
 GROUP = "3. propagation (PUT -> SDK callback)"
 TARGET = 1.25
 MESSAGE_SIZE = 128
+ROUND_GAP = 0.12
 
 
 class _Waker(threading.Thread):
@@ -142,7 +143,9 @@ def _case(ctx: Context, subs: Subscribers, case: int, n_subs: int, n_prefixes: i
                 "wait_round", [{"expected": len(m)} for m in split(list(range(fanout)), subs.count)],  # noqa: E501
                 round_id=FLOOR_ROUND_OFFSET + r, wait=wait,
             )  # fmt: skip
-            time.sleep(0.06)  # > rate_refill, so the per-watch token bucket never throttles
+            # Rounds at least a watch's minimum interval apart (100 ms + dither), so each
+            # figure is an isolated change's propagation (churn has its own scenario).
+            time.sleep(max(0.0, ROUND_GAP - (time.monotonic() - put_at[r])))
         waker.deadline = 0
     collected = subs.call("collect")
     subs.call("close")
