@@ -10,11 +10,12 @@ the port, `upstreams/consul_port.py`, or an overflow member standing in for one)
   re-read); an index below 1 is treated as 1.
 - Every answer goes to the owner, which compares it with what it holds (once: the loop keeps
   no copy). A returned query is not a change; the owner decides.
-- Two requests of one watch start at least `min_interval` (plus up to `dither`) apart, so a
-  key that churns cannot turn the loop into a hot spin. The happy path never sleeps: a
-  blocking query returns only on a change, long after the interval. Nothing is lost by the
-  pause: the next request carries the index of the last answer, so Consul answers it at once
-  with the latest state, and the last change of a burst is always delivered.
+- A request that follows a blocking query starts at least `min_interval` (plus up to
+  `dither`) after it, so a key that churns cannot turn the loop into a hot spin. The happy
+  path never sleeps: a blocking query returns only on a change, normally long after the
+  interval. Nothing is lost by the pause: the next request carries the index of the last
+  answer, so Consul answers it at once with the latest state, and the last change of a burst
+  is always delivered.
 - Across the gateway, every request also takes a token of the adapter's request budget, which
   is shared fairly by all watches and reads (`upstreams/_consul_budget.py`).
 - Errors back off exponentially with full jitter; the owner keeps its last good value and is
@@ -205,11 +206,14 @@ class ConsulWatch(Generic[T]):
         return self._clock()
 
     async def run(self) -> None:
-        started: float | None = None
+        blocked_at: float | None = None  # start of the last blocking request
         while True:
-            started = await self._pace(started)
+            started = await self._pace(blocked_at)
             self.requests += 1
             sent = self.index
+            # Only a blocking query that returns can start a spin; the first one after a
+            # plain read goes at once (it parks unless something changed).
+            blocked_at = started if sent > 0 else None
             try:
                 if sent > 0:
                     returned, payload = await self._fetch(sent, self.settings.wait)
