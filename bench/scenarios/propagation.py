@@ -1,5 +1,5 @@
 """Figure 3: Consul KV PUT -> SDK callback, with 1, 100 and 1,000 subscribers on one prefix and
-on 100 prefixes.
+on 100 prefixes; then propagation under churn (bench/scenarios/churn.py).
 
 The floor, measured in the same rounds: a bare blocking query's wake-up (PUT -> the blocking
 GET returns, on the same prefixes) plus a bare grpc.aio fan-out (publish -> every one of the
@@ -79,11 +79,14 @@ def cases(quick: bool) -> list[tuple[int, int]]:
 
 
 def run(ctx: Context) -> list[Figure]:
+    from bench.scenarios import churn
+
     figures: list[Figure] = []
     subs = Subscribers(2)
     try:
         for case, (n_subs, n_prefixes) in enumerate(cases(ctx.quick)):
             figures += _case(ctx, subs, case, n_subs, n_prefixes)
+        figures += churn.run(ctx, subs)
     finally:
         subs.close()
     return figures

@@ -48,7 +48,8 @@ class Subscriber(Generic[E]):
         self._weigh = weigh
         self.queued_bytes = 0
         """Approximate bytes of the queued events (when a `weigh` function is given)."""
-        self._queue: collections.deque[E] = collections.deque()
+        self._queue: collections.deque[tuple[E, int]] = collections.deque()
+        """(event, its weight), so an event is weighed once."""
         self._wake = asyncio.Event()
         self.resync_needed = False
         self.heartbeat_due = False
@@ -56,11 +57,13 @@ class Subscriber(Generic[E]):
         self._closed = False
         self._error: LatchkeyError | None = None
 
-    def push(self, event: E) -> None:
-        """Queue an event; on overflow drop the queue and ask for a resync instead."""
+    def push(self, event: E, size: int | None = None) -> int:
+        """Queue an event; on overflow drop the queue and ask for a resync instead. `size`: its
+        weight if already known (one event fanned out to many is weighed once); returns it."""
+        if size is None:
+            size = self._weigh(event) if self._weigh is not None else 0
         if self._closed:
-            return
-        size = self._weigh(event) if self._weigh is not None else 0
+            return size
         if self.resync_needed:
             pass  # the coming resync supersedes anything queued now
         elif len(self._queue) >= self.maxsize or (
@@ -71,23 +74,24 @@ class Subscriber(Generic[E]):
             self.resync_needed = True
             self.overflows += 1
         else:
-            self._queue.append(event)
+            self._queue.append((event, size))
             self.queued_bytes += size
         self._wake.set()
+        return size
 
     def _pop(self) -> E:
-        event = self._queue.popleft()
-        if self._weigh is not None:
-            self.queued_bytes = max(0, self.queued_bytes - self._weigh(event))
+        event, size = self._queue.popleft()
+        self.queued_bytes = max(0, self.queued_bytes - size)
         return event
 
     def replace(self, event: E) -> None:
         """Latest-value mode: the queue holds only `event` (for full-state events)."""
         if self._closed:
             return
+        size = self._weigh(event) if self._weigh is not None else 0
         self._queue.clear()
-        self._queue.append(event)
-        self.queued_bytes = self._weigh(event) if self._weigh is not None else 0
+        self._queue.append((event, size))
+        self.queued_bytes = size
         self._wake.set()
 
     def request_heartbeat(self) -> None:
@@ -106,36 +110,45 @@ class Subscriber(Generic[E]):
         heartbeat: Callable[[], Heartbeat],
         resync: Callable[[], Sequence[E]] | None = None,
     ) -> AsyncIterator[E | Heartbeat]:
-        """Yield queued events, resyncs and heartbeats until closed."""
+        """Yield queued events, resyncs and heartbeats until closed.
+
+        Heartbeats come every `heartbeat_interval` seconds from one timer per stream, re-armed
+        only when a heartbeat goes out, so waiting for an event costs no timer of its own.
+        """
         loop = asyncio.get_running_loop()
-        next_beat = loop.time() + heartbeat_interval
-        while True:
-            if self._error is not None:
-                raise self._error
-            if self.resync_needed:
-                self.resync_needed = False
-                self._queue.clear()
-                self.queued_bytes = 0
-                for event in resync() if resync else ():
-                    yield event
-                continue
-            if self._queue:
-                yield self._pop()
-                continue
-            if self._closed:
-                return
-            now = loop.time()
-            if self.heartbeat_due or now >= next_beat:
-                self.heartbeat_due = False
-                next_beat = max(next_beat + heartbeat_interval, now + heartbeat_interval / 2)
-                yield heartbeat()
-                continue
-            self._wake.clear()
-            try:
-                async with asyncio.timeout(next_beat - now):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
+        wake = self._wake
+
+        def beat() -> None:
+            self.heartbeat_due = True
+            wake.set()
+
+        timer = loop.call_later(heartbeat_interval, beat)
+        try:
+            while True:
+                if self._error is not None:
+                    raise self._error
+                if self.resync_needed:
+                    self.resync_needed = False
+                    self._queue.clear()
+                    self.queued_bytes = 0
+                    for event in resync() if resync else ():
+                        yield event
+                    continue
+                if self._queue:
+                    yield self._pop()
+                    continue
+                if self._closed:
+                    return
+                if self.heartbeat_due:
+                    self.heartbeat_due = False
+                    timer.cancel()
+                    timer = loop.call_later(heartbeat_interval, beat)
+                    yield heartbeat()
+                    continue
+                wake.clear()
+                await wake.wait()
+        finally:
+            timer.cancel()
 
 
 class Topic(abc.ABC, Generic[E]):
@@ -156,8 +169,10 @@ class Topic(abc.ABC, Generic[E]):
         """Stop the upstream watch now; return its task so the caller can await it."""
 
     def broadcast(self, event: E) -> None:
+        """Queue `event` for every subscriber (they share one weigh function: weighed once)."""
+        size: int | None = None
         for sub in self.subscribers:
-            sub.push(event)
+            size = sub.push(event, size)
 
     def heartbeat_all(self) -> None:
         for sub in self.subscribers:
