@@ -121,7 +121,8 @@ class GatewayCollector(Collector):
         yield from _budget_metrics(self._consul.budget())
         watches = GaugeMetricFamily(
             "latchkey_upstream_watches",
-            "Upstream watches, by kind; *_overflow ones share one blocking query per kind.",
+            "Upstream watches, by kind; *_overflow ones share one blocking query per kind, "
+            "*_read ones were started by one-shot reads (both are counted in their kind too).",
             labels=["kind"],
         )
         for kind, value in self._watches().items():
