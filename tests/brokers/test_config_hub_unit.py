@@ -205,7 +205,7 @@ async def test_beyond_the_stale_limit_reads_fail_but_streams_keep_beating() -> N
 async def test_first_read_failure_raises_unavailable() -> None:
     fake = FakeConsul()
     fake.set_down(True)
-    hub = ConfigHub(fake, watch_settings=FAST, linger=0.01)
+    hub = ConfigHub(fake, watch_settings=FAST, linger=0.01, read_linger=0.01)
     with pytest.raises(Unavailable):
         await next_data(hub.watch("new/"))
     with pytest.raises(Unavailable):
