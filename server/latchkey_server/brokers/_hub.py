@@ -26,6 +26,7 @@ import collections
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -176,25 +177,18 @@ class LastGood(Generic[K, V]):
         return value, Freshness(fresh.index, fresh.confirmed_at, stale=True, reachable=False)
 
 
+@dataclass(frozen=True, slots=True)
 class ReadOptions:
     """How a hub serves streams and one-shot reads (see the module docstring)."""
 
-    __slots__ = ("linger", "max_read_watches", "read_cache_size", "read_linger", "stale_limit")
-
-    def __init__(
-        self,
-        *,
-        stale_limit: float = 300.0,
-        linger: float = 5.0,
-        read_linger: float = 10.0,
-        max_read_watches: int = 16,
-        read_cache_size: int = 1024,
-    ) -> None:
-        self.stale_limit = stale_limit
-        self.linger = linger
-        self.read_linger = read_linger
-        self.max_read_watches = max_read_watches
-        self.read_cache_size = read_cache_size
+    stale_limit: float = 300.0
+    linger: float = 5.0
+    """Seconds a topic lives on after its last stream."""
+    read_linger: float = 10.0
+    """Seconds a read watch lives on after its last read."""
+    max_read_watches: int = 16
+    read_cache_size: int = 1024
+    """Last good answers kept (stale-if-error)."""
 
 
 class HubCore(Generic[K, TopicT, P]):
