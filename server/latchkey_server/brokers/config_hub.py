@@ -115,7 +115,8 @@ class _PrefixTopic(WatchedTopic[ConfigDelta, list[ConfigEntry]]):
             self.epoch = new_epoch()
         self.index = index
         if not (first or reset or changes):
-            return  # returned, not changed
+            self.payload = payload  # returned, not changed (equal: the entries stay)
+            return
         self.entries, self.payload = new, payload
         self._snapshots.clear()
         if first:
