@@ -48,7 +48,6 @@ def gateway_overrides(quick: bool) -> dict[str, Any]:
     """The gateway settings the bench uses (reported in bench.json)."""
     return {
         "log_level": "WARNING",
-        "consul": {"rate_refill": 0.05},
         "limits": {"requests_per_second": 0, "max_streams_per_identity": 1_000_000},
         "leases": {"grace": 10.0},
     }

@@ -58,3 +58,15 @@ def test_brokers_and_access_do_not_import_transport() -> None:
         if module.startswith("latchkey_server.transport")
     ]
     assert offenders == []
+
+
+def test_brokers_reach_upstreams_only_through_their_ports() -> None:
+    """Brokers depend on the narrow port modules (`vault_port.py`, `consul_port.py`), never on
+    an adapter module (which imports a wire library) or its private helpers."""
+    offenders = [
+        f"{path.relative_to(SERVER)} imports {module}"
+        for path in (SERVER / "brokers").rglob("*.py")
+        for module in _imports(path)
+        if module.startswith("latchkey_server.upstreams") and not module.endswith("_port")
+    ]
+    assert offenders == []

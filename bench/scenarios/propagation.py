@@ -1,5 +1,5 @@
 """Figure 3: Consul KV PUT -> SDK callback, with 1, 100 and 1,000 subscribers on one prefix and
-on 100 prefixes.
+on 100 prefixes; then propagation under churn (bench/scenarios/churn.py).
 
 The floor, measured in the same rounds: a bare blocking query's wake-up (PUT -> the blocking
 GET returns, on the same prefixes) plus a bare grpc.aio fan-out (publish -> every one of the
@@ -24,6 +24,7 @@ from bench.subscribers import FLOOR_ROUND_OFFSET, Subscribers, split
 GROUP = "3. propagation (PUT -> SDK callback)"
 TARGET = 1.25
 MESSAGE_SIZE = 128
+ROUND_GAP = 0.12
 
 
 class _Waker(threading.Thread):
@@ -78,11 +79,14 @@ def cases(quick: bool) -> list[tuple[int, int]]:
 
 
 def run(ctx: Context) -> list[Figure]:
+    from bench.scenarios import churn
+
     figures: list[Figure] = []
     subs = Subscribers(2)
     try:
         for case, (n_subs, n_prefixes) in enumerate(cases(ctx.quick)):
             figures += _case(ctx, subs, case, n_subs, n_prefixes)
+        figures += churn.run(ctx, subs)
     finally:
         subs.close()
     return figures
@@ -142,7 +146,9 @@ def _case(ctx: Context, subs: Subscribers, case: int, n_subs: int, n_prefixes: i
                 "wait_round", [{"expected": len(m)} for m in split(list(range(fanout)), subs.count)],  # noqa: E501
                 round_id=FLOOR_ROUND_OFFSET + r, wait=wait,
             )  # fmt: skip
-            time.sleep(0.06)  # > rate_refill, so the per-watch token bucket never throttles
+            # Rounds at least a watch's minimum interval apart (100 ms + dither), so each
+            # figure is an isolated change's propagation (churn has its own scenario).
+            time.sleep(max(0.0, ROUND_GAP - (time.monotonic() - put_at[r])))
         waker.deadline = 0
     collected = subs.call("collect")
     subs.call("close")

@@ -23,6 +23,7 @@ from latchkey_server.access.ratelimit import RateLimiter
 from latchkey_server.access.streams import StreamGrants
 from latchkey_server.access.tokens import TokenStore
 from latchkey_server.brokers.config_hub import ConfigHub
+from latchkey_server.brokers.consul_watch import WatchSettings
 from latchkey_server.brokers.discovery_hub import DiscoveryHub
 from latchkey_server.brokers.leases import LeaseBroker
 from latchkey_server.brokers.secret_cache import SecretCache
@@ -34,7 +35,6 @@ from latchkey_server.observability.telemetry import Telemetry
 from latchkey_server.transport.flow import FlowLimits
 from latchkey_server.transport.grpc_server import GrpcConfig, GrpcServer, Sources, TlsMaterial
 from latchkey_server.upstreams.consul import ConsulAdapter, ConsulConfig
-from latchkey_server.upstreams.consul_watch import WatchSettings
 from latchkey_server.upstreams.vault import VaultAdapter
 
 log = logging.getLogger("latchkey.server")
@@ -91,13 +91,15 @@ def consul_config(settings: Settings) -> ConsulConfig:
         token=consul.token.get_secret_value() if consul.token else None,
         connection_budget=consul.max_connections,
         default_wait=consul.wait,
+        requests_per_second=consul.requests_per_second,
+        burst=consul.burst,
     )
 
 
 def watch_settings(settings: Settings) -> WatchSettings:
     consul = settings.consul
     return WatchSettings(
-        wait=consul.wait, burst=consul.rate_burst, refill_interval=consul.rate_refill
+        wait=consul.wait, min_interval=consul.min_interval, dither=consul.interval_dither
     )
 
 
@@ -170,12 +172,16 @@ def build(settings: Settings, *, authorizer: Authorizer | None = None) -> Compon
         heartbeat_interval=settings.heartbeat_interval,
         stale_limit=settings.cache.stale_limit,
         queue_bytes=settings.limits.stream_queue_bytes,
+        read_linger=settings.consul.read_linger,
+        max_read_watches=settings.consul.max_read_watches,
         watch_settings=watch,
     )
     discovery = DiscoveryHub(
         consul,
         heartbeat_interval=settings.heartbeat_interval,
         stale_limit=settings.cache.stale_limit,
+        read_linger=settings.consul.read_linger,
+        max_read_watches=settings.consul.max_read_watches,
         watch_settings=watch,
     )
     started_at = utcnow()
@@ -206,6 +212,8 @@ def build(settings: Settings, *, authorizer: Authorizer | None = None) -> Compon
                 "discovery": discovery.active_watches,
                 "config_overflow": config.overflow_watches,
                 "discovery_overflow": discovery.overflow_watches,
+                "config_read": config.read_watches,
+                "discovery_read": discovery.read_watches,
             },
             audit_failures=lambda: audit.failures,
         )

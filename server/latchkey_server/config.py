@@ -113,10 +113,22 @@ class ConsulSettings(_Section):
     """Hard cap on concurrent connections to the agent (Consul 1.8 drops the 201st per IP)."""
     wait: float = Field(default=55.0, ge=1, le=600)
     """Blocking-query wait in seconds (an abandoned query holds its slot this long)."""
-    rate_burst: int = Field(default=2, ge=1)
-    """Per-watch token bucket: quick upstream re-reads allowed back to back."""
-    rate_refill: float = Field(default=15.0, gt=0)
-    """Per-watch token bucket: seconds to earn another re-read under sustained churn."""
+    min_interval: float = Field(default=0.1, ge=0, le=10)
+    """Least seconds between two re-reads of one watch; a change made meanwhile is delivered
+    right after it (the last change of a burst always arrives)."""
+    interval_dither: float = Field(default=0.005, ge=0, le=1)
+    """Up to this many seconds added at random to each such pause."""
+    requests_per_second: float = Field(default=500.0, ge=0)
+    """The gateway's request budget for Consul: all requests together (watch re-reads and
+    plain reads), shared fairly between watches; 0 disables it."""
+    burst: int = Field(default=100, ge=1)
+    """Requests the budget lets through back to back before pacing them."""
+    read_linger: float = Field(default=10.0, ge=0)
+    """Seconds a watch started by a one-shot read (Config.Get/List, GetHealthyInstances with
+    no watch open) lives on after the last read, serving repeated reads from memory."""
+    max_read_watches: int = Field(default=16, ge=0)
+    """Most such read watches at once, per hub (config, discovery); beyond it a read is one
+    plain request. 0: one-shot reads never start a watch."""
 
 
 class LeaseSettings(_Section):

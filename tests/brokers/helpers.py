@@ -10,7 +10,7 @@ from typing import Any
 from latchkey_server.errors import NotFound
 from latchkey_server.models import ConfigEntry, Heartbeat, Instance
 from latchkey_server.upstreams.consul import CheckState, ConsulUnavailable
-from latchkey_server.upstreams.consul_watch import WatchSlots
+from latchkey_server.upstreams.consul_port import WatchSlots
 
 WAIT = 15.0
 """Upper bound for any single wait in these tests (a hang guard, not a timing assertion)."""
@@ -50,6 +50,8 @@ class FakeConsul:
         self.index = 1
         self.down = False
         self.calls: Counter[str] = Counter()
+        self.plain: Counter[str] = Counter()
+        """Non-blocking calls per operation."""
         self.parked: list[int] = []
         """Indexes of blocking calls currently waiting."""
         self.gate: asyncio.Event | None = None
@@ -78,7 +80,9 @@ class FakeConsul:
         self.down = down
         self._bump()
 
-    async def _block(self, index: int | None) -> None:
+    async def _block(self, index: int | None, op: str = "") -> None:
+        if not index:
+            self.plain[op] += 1
         if self.gate is not None and not index:
             await self.gate.wait()
         if self.down:
@@ -96,7 +100,7 @@ class FakeConsul:
 
     async def kv_get(self, key: str) -> tuple[int, ConfigEntry]:
         self.calls["kv_get"] += 1
-        await self._block(None)
+        await self._block(None, "kv_get")
         if key not in self.kv:
             raise NotFound("missing")
         return self.index, self.kv[key]
@@ -105,7 +109,7 @@ class FakeConsul:
         self, prefix: str, index: int | None = None, wait: float | None = None
     ) -> tuple[int, list[ConfigEntry]]:
         self.calls["kv_list"] += 1
-        await self._block(index)
+        await self._block(index, "kv_list")
         return self.index, [self.kv[k] for k in sorted(self.kv) if k.startswith(prefix)]
 
     async def health_service(
@@ -118,7 +122,7 @@ class FakeConsul:
         wait: float | None = None,
     ) -> tuple[int, list[Instance]]:
         self.calls["health_service"] += 1
-        await self._block(index)
+        await self._block(index, "health_service")
         return self.index, []
 
 
@@ -141,7 +145,7 @@ class SlottedFake(FakeConsul):
 
     async def _counted_block(self, op: str, index: int | None) -> None:
         if not index:
-            await self._block(index)
+            await self._block(index, op)
             return
         self.blocking[op] += 1
         self.peak_blocking = max(self.peak_blocking, sum(self.blocking.values()))

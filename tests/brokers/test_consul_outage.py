@@ -12,15 +12,15 @@ import consul
 import pytest
 
 from latchkey_server.brokers.config_hub import ConfigHub
+from latchkey_server.brokers.consul_watch import WatchSettings
 from latchkey_server.devstack.consul import ConsulAgent
 from latchkey_server.devstack.process import ComponentError
 from latchkey_server.models import ChangeType, ConfigChange, ConfigSnapshot, Heartbeat
 from latchkey_server.upstreams.consul import ConsulAdapter, ConsulConfig
-from latchkey_server.upstreams.consul_watch import WatchSettings
 from tests.brokers.helpers import WAIT, next_data, next_event, until
 from tests.fixtures.components import register_component, unregister_component
 
-FAST = WatchSettings(wait=55.0, burst=2, refill_interval=0.05, backoff_base=0.05, backoff_cap=0.2)
+FAST = WatchSettings(wait=55.0, backoff_base=0.05, backoff_cap=0.2)
 
 
 @pytest.fixture(params=["dev", "persistent"])

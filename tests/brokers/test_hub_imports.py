@@ -29,7 +29,10 @@ def _imports(path: Path) -> set[str]:
         "brokers/config_hub.py",
         "brokers/discovery_hub.py",
         "brokers/fanout.py",
-        "upstreams/consul_watch.py",
+        "brokers/consul_watch.py",
+        "brokers/_hub.py",
+        "brokers/_overflow.py",
+        "upstreams/consul_port.py",
     ],
 )
 def test_no_wire_library_imports(module: str) -> None:

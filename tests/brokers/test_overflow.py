@@ -13,14 +13,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from latchkey_server.brokers.config_hub import ConfigHub
+from latchkey_server.brokers.consul_watch import WatchSettings
 from latchkey_server.brokers.discovery_hub import DiscoveryHub
 from latchkey_server.devstack.consul import ConsulAgent
 from latchkey_server.models import ConfigChange, ConfigSnapshot, Heartbeat, ServiceQuery
 from latchkey_server.upstreams.consul import ConsulAdapter, ConsulConfig
-from latchkey_server.upstreams.consul_watch import WatchSettings
 from tests.brokers.helpers import WAIT
 
-FAST = WatchSettings(wait=55.0, burst=2, refill_interval=0.05, backoff_base=0.05, backoff_cap=0.2)
+FAST = WatchSettings(wait=55.0, backoff_base=0.05, backoff_cap=0.2)
 BUDGET = 8
 
 
@@ -171,7 +171,7 @@ async def test_thirty_services_on_a_budget_of_eight(consul_agent: ConsulAgent) -
             overflow = [
                 (name, stream)
                 for name, stream in zip(names, streams, strict=True)
-                if (topic := hub._topics.get((name, "", ""))) is not None and topic.overflow
+                if (topic := hub._core.get((name, "", ""))) is not None and topic.overflow
             ]
             assert len(overflow) == hub.overflow_watches > 0
             for name, stream in [overflow[0], overflow[-1], (names[0], streams[0])]:

@@ -9,14 +9,13 @@ from typing import Any
 
 from latchkey_server.brokers._overflow import Checks, HealthShared
 from latchkey_server.brokers.config_hub import ConfigHub
+from latchkey_server.brokers.consul_watch import WatchSettings
 from latchkey_server.models import ChangeType, ConfigChange, ConfigSnapshot, Heartbeat
 from latchkey_server.upstreams.consul import CheckState
-from latchkey_server.upstreams.consul_watch import WatchSettings, WatchSlots
+from latchkey_server.upstreams.consul_port import WatchSlots
 from tests.brokers.helpers import SlottedFake, next_data, next_event, until
 
-FAST = WatchSettings(
-    wait=55.0, burst=1000, refill_interval=0.001, backoff_base=0.01, backoff_cap=0.02
-)
+FAST = WatchSettings(wait=55.0, min_interval=0.001, backoff_base=0.01, backoff_cap=0.02)
 PREFIXES = [f"app/p{n:02d}/" for n in range(11)] + ["zzz/"]  # the last one widens the scope
 
 
@@ -97,7 +96,7 @@ async def test_overflow_watch_reports_outage_and_recovers() -> None:
     ):
         await next_data(first)
         await next_data(overflow)
-        topic = hub._topics.get("b/")
+        topic = hub._core.get("b/")
         assert topic is not None
         assert topic.overflow
         await until(lambda: fake.blocking["kv_tree"] == 1, what="shared query parked")

@@ -65,7 +65,7 @@ def gateway_process(
                     "secret_id": demo_env["approle"].secret_id,
                 },
             },
-            "consul": {"addr": (consul or consul_agent).http_addr, "wait": 20, "rate_refill": 0.2},
+            "consul": {"addr": (consul or consul_agent).http_addr, "wait": 20},
             "leases": {"grace": 3.0, "unheld_grace": 0.5},
             "auth": {
                 "tokens_file": str(demo_env["tokens_file"]),

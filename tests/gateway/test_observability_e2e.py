@@ -63,6 +63,10 @@ async def test_metrics_after_a_scripted_sequence(
                 config_pb2.WatchConfigRequest(prefix="metrics/"), metadata=md
             )
             await stream.read()
+            # A one-shot read with no watch open starts a read watch (kept for the next reads).
+            await stubs.config.List(
+                config_pb2.ListConfigRequest(prefix="metrics-once/"), metadata=md
+            )
             m = _scrape(handle.gateway.metrics_port)
             stream.cancel()
     finally:
@@ -79,10 +83,19 @@ async def test_metrics_after_a_scripted_sequence(
     assert value("latchkey_secret_cache_requests_total", result="hit") == 4
     assert value("latchkey_active_leases") == 1
     assert value("latchkey_active_streams", kind="config") == 1
-    assert value("latchkey_upstream_watches", kind="config") == 1
+    assert value("latchkey_upstream_watches", kind="config") == 2
+    assert value("latchkey_upstream_watches", kind="config_read") == 1
     assert value("latchkey_upstream_up", upstream="vault") == 1
     assert value("latchkey_upstream_up", upstream="consul") == 1
     assert value("latchkey_consul_connection_budget") == 64
+    # The one request budget for Consul, with its shipped defaults.
+    assert value("latchkey_consul_budget_rate") == 500
+    assert value("latchkey_consul_budget_burst") == 100
+    assert 0 <= value("latchkey_consul_budget_tokens") <= 100
+    assert value("latchkey_consul_budget_waiting") == 0
+    assert value("latchkey_consul_budget_requests_total") >= 3  # two watches' reads, pings
+    assert ("latchkey_consul_budget_waits_total", ()) in m
+    assert ("latchkey_consul_budget_wait_seconds_total", ()) in m
     assert (
         value("latchkey_upstream_requests_total", upstream="vault", op="creds", outcome="ok") == 1
     )

@@ -71,7 +71,7 @@ def _gateway_config(
                 "secret_id": demo_env["approle"].secret_id,
             },
         },
-        "consul": {"addr": consul_agent.http_addr, "wait": 20, "rate_refill": 0.2},
+        "consul": {"addr": consul_agent.http_addr, "wait": 20},
         "leases": {"grace": 3.0, "unheld_grace": 0.5},
         "cache": {"secret_ttl": 2.0, "negative_ttl": 0.5, "stale_limit": 120.0},
         "auth": {

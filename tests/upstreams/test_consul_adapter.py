@@ -65,14 +65,6 @@ async def test_missing_key_and_empty_prefix(adapter: ConsulAdapter) -> None:
     assert index >= 1
 
 
-async def test_leading_slash_is_rejected(adapter: ConsulAdapter) -> None:
-    with pytest.raises(InvalidArgument):
-        await adapter.kv_get("/etc/passwd")
-    with pytest.raises(InvalidArgument):
-        await adapter.kv_list("/x/")
-    assert sum(adapter.requests_started.values()) == 0
-
-
 async def test_blocking_list_returns_on_change(
     consul_agent: ConsulAgent, adapter: ConsulAdapter
 ) -> None:

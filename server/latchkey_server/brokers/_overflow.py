@@ -9,8 +9,9 @@ nodes) and wakes only the members whose fingerprint moved; they re-read their ow
 plain (non-blocking) request on the read reserve.
 
 Each member keeps its own `ConsulWatch` loop: `OverflowMember.fetch` stands in for the blocking
-query, so index rules, returned != changed, the token bucket, backoff, reachability, heartbeats
-and stale-if-error work exactly as for a dedicated watch.
+query, so index rules, returned != changed, the minimum interval, backoff, reachability,
+heartbeats and stale-if-error work exactly as for a dedicated watch. Every request (the shared
+query's and the members' re-reads) takes a token of the adapter's request budget.
 """
 
 from __future__ import annotations
@@ -22,15 +23,10 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable
 from typing import Any, Generic, TypeVar
 
+from latchkey_server.brokers.consul_watch import ConsulWatch, WatchSettings
 from latchkey_server.errors import LatchkeyError
 from latchkey_server.models import ConfigEntry
-from latchkey_server.upstreams.consul import CheckState, SharedWatchUpstream
-from latchkey_server.upstreams.consul_watch import (
-    ConsulWatch,
-    TokenBucket,
-    WatchSettings,
-    WatchSlots,
-)
+from latchkey_server.upstreams.consul_port import CheckState, SharedWatchUpstream, WatchSlots
 
 __all__ = [
     "HealthShared",
@@ -76,7 +72,6 @@ class SharedQuery(abc.ABC, Generic[M, S, P]):
         self._tick = asyncio.Event()
         self._scope: S | None = None
         self._watch: ConsulWatch[P] | None = None
-        self._limiter: TokenBucket | None = None
         self._stopping: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ what subclasses say
@@ -100,7 +95,6 @@ class SharedQuery(abc.ABC, Generic[M, S, P]):
         self.members[member] = self.members.get(member, 0) + 1
         if self._slots is not None:
             self._slots.add_overflow(1)
-        self._tune_limiter()
         if self._watch is None or self._scope is None or not self.covers(self._scope, member):
             self._restart()
 
@@ -114,7 +108,6 @@ class SharedQuery(abc.ABC, Generic[M, S, P]):
             self.members[member] = count
         else:
             del self.members[member]
-        self._tune_limiter()
         if not self.members:
             self._stop()
 
@@ -131,19 +124,11 @@ class SharedQuery(abc.ABC, Generic[M, S, P]):
         async def fetch(index: int | None, wait: float | None) -> tuple[int, P]:
             return await self.fetch(scope, index, wait)
 
-        self._limiter = TokenBucket(self.settings.burst, self.settings.refill_interval)
-        self._tune_limiter()
         watch: ConsulWatch[P] = ConsulWatch(
-            f"{self.name}:{scope}", fetch, _Feed(self, scope), self.settings, limiter=self._limiter
+            f"{self.name}:{scope}", fetch, _Feed(self, scope), self.settings
         )
         self._watch = watch
         watch.start()
-
-    def _tune_limiter(self) -> None:
-        # The shared query stands for N watches: it may ask N times as often as one would.
-        if self._limiter is not None:
-            share = max(1, len(self.members))
-            self._limiter.refill_interval = self.settings.refill_interval / share
 
     def _cancel_watch(self) -> None:
         watch, self._watch = self._watch, None
@@ -158,7 +143,6 @@ class SharedQuery(abc.ABC, Generic[M, S, P]):
             self._slots.add_shared(-1)
         self._cancel_watch()
         self._scope = None
-        self._limiter = None
 
     async def close(self) -> None:
         self._stop()
@@ -210,7 +194,7 @@ class _Feed(Generic[M, S, P]):
         self._group = group
         self._scope = scope
 
-    def on_response(self, index: int, payload: P, changed: bool, reset: bool) -> None:
+    def on_response(self, index: int, payload: P, reset: bool) -> None:
         self._group._on_answer(self._scope, payload, reset)
 
     def on_reachability(self, reachable: bool, error: LatchkeyError | None) -> None:

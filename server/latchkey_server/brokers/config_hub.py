@@ -29,15 +29,11 @@ import collections
 import secrets
 from collections.abc import AsyncGenerator
 
-from latchkey_server.brokers._overflow import KvShared, OverflowMember, kv_fingerprint
-from latchkey_server.brokers.fanout import (
-    LastGood,
-    Subscriber,
-    TopicRegistry,
-    WatchedTopic,
-)
-from latchkey_server.brokers.singleflight import SingleFlight
-from latchkey_server.errors import InvalidArgument, LatchkeyError, NotFound, Unavailable
+from latchkey_server.brokers._hub import HubCore, ReadOptions, WatchedTopic
+from latchkey_server.brokers._overflow import KvShared, kv_fingerprint
+from latchkey_server.brokers.consul_watch import Fetch, WatchSettings
+from latchkey_server.brokers.fanout import Subscriber
+from latchkey_server.errors import LatchkeyError, NotFound
 from latchkey_server.models import (
     ChangeType,
     ConfigChange,
@@ -46,10 +42,8 @@ from latchkey_server.models import (
     Freshness,
     Heartbeat,
     KeyChange,
-    utcnow,
 )
-from latchkey_server.upstreams.consul import ConsulUpstream, SharedWatchUpstream
-from latchkey_server.upstreams.consul_watch import Fetch, WatchSettings
+from latchkey_server.upstreams.consul_port import ConsulUpstream, SharedWatchUpstream
 
 __all__ = ["ConfigHub", "diff_entries"]
 
@@ -79,11 +73,6 @@ def weigh(event: ConfigDelta) -> int:
     return sum(len(c.key) + (len(c.entry.value) if c.entry else 0) for c in event.changes)
 
 
-def _validate(what: str, value: str) -> None:
-    if value.startswith("/"):
-        raise InvalidArgument(f"a config {what} must not start with '/'")
-
-
 class _PrefixTopic(WatchedTopic[ConfigDelta, list[ConfigEntry]]):
     """One prefix: its entries, index and a bounded history of changes for resumption."""
 
@@ -97,6 +86,9 @@ class _PrefixTopic(WatchedTopic[ConfigDelta, list[ConfigEntry]]):
         super().__init__(f"kv:{prefix}", fetch, settings)
         self.prefix = prefix
         self.entries: dict[str, ConfigEntry] = {}
+        """The entries by key (an index over `payload`)."""
+        self.payload: list[ConfigEntry] = []
+        """The last answer that changed something, sorted by key."""
         self.history_size = history
         self.history: collections.deque[tuple[int, ConfigChange]] = collections.deque()
         """(index before the change, the change), oldest first."""
@@ -106,30 +98,32 @@ class _PrefixTopic(WatchedTopic[ConfigDelta, list[ConfigEntry]]):
         self.epoch = new_epoch()
         """Indexes compare only within one epoch (see the module docstring)."""
 
-    def apply(self, index: int, payload: list[ConfigEntry], changed: bool, reset: bool) -> None:
+    def apply(self, index: int, payload: list[ConfigEntry], reset: bool) -> None:
         previous_index = self.index
+        if payload is self.payload and not reset:
+            self.index = index  # an overflow member's unchanged answer: the same list
+            return
+        first = not self.loaded
+        new = {entry.key: entry for entry in payload}
+        changes = [] if first or reset else diff_entries(self.entries, new)
         # A change whose index did not move forward cannot be ordered after what came before:
         # like an index that went backwards, it starts a new epoch.
-        reset = reset or (self.loaded and changed and index <= previous_index)
-        if not self.loaded or reset:
+        reset = reset or (bool(changes) and index <= previous_index)
+        if first or reset:
             self.history.clear()
             self.covered_from = index
             self.epoch = new_epoch()
-            self._snapshots.clear()
         self.index = index
-        if not changed and not reset:
+        if not (first or reset or changes):
+            self.payload = payload  # returned, not changed (equal: the entries stay)
             return
-        new = {entry.key: entry for entry in payload}
-        old, self.entries = self.entries, new
+        self.entries, self.payload = new, payload
         self._snapshots.clear()
-        if not self.loaded:
+        if first:
             return
         if reset:
             # Open streams learn the new epoch from a full snapshot, whatever changed.
             self.broadcast(self.snapshot(reset=True))
-            return
-        changes = diff_entries(old, new)
-        if not changes:
             return
         event = ConfigChange(tuple(changes), index, self.freshness())
         self.history.append((previous_index, event))
@@ -137,6 +131,9 @@ class _PrefixTopic(WatchedTopic[ConfigDelta, list[ConfigEntry]]):
             _, dropped = self.history.popleft()
             self.covered_from = dropped.index
         self.broadcast(event)
+
+    def state(self) -> list[ConfigEntry]:
+        return self.payload
 
     def snapshot(self, *, reset: bool = False) -> ConfigSnapshot:
         """The current state; one shared object until the state or its freshness changes."""
@@ -178,92 +175,80 @@ class ConfigHub:
         stale_limit: float = 300.0,
         history: int = 1000,
         linger: float = 5.0,
+        read_linger: float = 10.0,
+        max_read_watches: int = 16,
         queue_size: int = 256,
         queue_bytes: int = 8 << 20,
         read_cache_size: int = 1024,
         watch_settings: WatchSettings | None = None,
     ) -> None:
-        self._consul = consul
         self.heartbeat_interval = heartbeat_interval
-        self.stale_limit = stale_limit
         self.history = history
         self.queue_size = queue_size
         self.queue_bytes = queue_bytes
         """Bytes of changes one subscriber may have queued before it is resynced instead."""
-        self._settings = watch_settings or WatchSettings()
-        self._topics: TopicRegistry[str, _PrefixTopic] = TopicRegistry(
-            self._new_topic, linger=linger
-        )
-        self._get_flight: SingleFlight[str, tuple[int, ConfigEntry]] = SingleFlight()
-        self._list_flight: SingleFlight[str, tuple[int, list[ConfigEntry]]] = SingleFlight()
-        self._got: LastGood[str, ConfigEntry] = LastGood(read_cache_size)
-        self._listed: LastGood[str, list[ConfigEntry]] = LastGood(read_cache_size)
-        self._closed = False
-        self._closed_error: LatchkeyError = Unavailable(
-            "the config hub is shutting down", retry_after=1.0
-        )
-        self._shared = consul if isinstance(consul, SharedWatchUpstream) else None
-        self._group: KvShared | None = None
+        settings = self._settings = watch_settings or WatchSettings()
 
-    def _new_topic(self, prefix: str) -> _PrefixTopic:
-        consul, shared = self._consul, self._shared
-        if shared is None or shared.watch_slots.try_dedicated():
+        async def read(
+            prefix: str, index: int | None, wait: float | None
+        ) -> tuple[int, list[ConfigEntry]]:
+            return await consul.kv_list(prefix, index=index, wait=wait)
 
-            async def fetch(index: int | None, wait: float | None) -> tuple[int, list[ConfigEntry]]:
-                return await consul.kv_list(prefix, index=index, wait=wait)
+        def new_group(_: object, shared: SharedWatchUpstream) -> KvShared:
+            return KvShared(shared, settings, shared.watch_slots)
 
-            topic = _PrefixTopic(prefix, fetch, self._settings, self.history)
-            if shared is not None:
-                topic.on_stop.append(shared.watch_slots.release_dedicated)
-            return topic
-        if self._group is None:
-            self._group = KvShared(shared, self._settings, shared.watch_slots)
-        group = self._group
-        member = OverflowMember(
-            group, prefix, lambda: consul.kv_list(prefix), own_fingerprint=kv_fingerprint
+        self._core: HubCore[str, _PrefixTopic, list[ConfigEntry]] = HubCore(
+            consul,
+            read=read,
+            make_topic=lambda prefix, fetch: _PrefixTopic(prefix, fetch, settings, history),
+            group_key=lambda prefix: "",  # one shared query for every overflow prefix
+            new_group=new_group,
+            own_fingerprint=kv_fingerprint,
+            options=ReadOptions(
+                stale_limit=stale_limit,
+                linger=linger,
+                read_linger=read_linger,
+                max_read_watches=max_read_watches,
+                read_cache_size=read_cache_size,
+            ),
+            closing="the config hub is shutting down",
         )
-        group.join(prefix)
-        topic = _PrefixTopic(prefix, member.fetch, self._settings, self.history)
-        topic.overflow = True
-        topic.on_stop.append(lambda: group.leave(prefix))
-        return topic
+
+    @property
+    def stale_limit(self) -> float:
+        return self._core.stale_limit
 
     async def start(self) -> None:
-        """Nothing to warm up: watches start with their first subscriber."""
-        self._closed = False
+        """Nothing to warm up: watches start with their first subscriber or read."""
+        self._core.reopen()
 
     async def close(self, error: LatchkeyError | None = None) -> None:
         """Stop every upstream watch and end every stream with `error` (a drain says why), or
         `Unavailable`; later calls fail with the same error."""
-        self._closed = True
-        self._closed_error = error or Unavailable(
-            "the config hub is shutting down", retry_after=1.0
-        )
-        await self._topics.close(self._closed_error)
-        if self._group is not None:
-            await self._group.close()
-        await self._get_flight.cancel_all()
-        await self._list_flight.cancel_all()
+        await self._core.close(error)
 
     @property
     def active_watches(self) -> int:
-        """Upstream watches currently running (including lingering ones)."""
-        return len(self._topics)
+        """Upstream watches currently running (including lingering ones and read watches)."""
+        return self._core.active_watches
 
     @property
     def overflow_watches(self) -> int:
         """Watches covered by the shared query instead of a blocking query of their own."""
-        return sum(1 for topic in self._topics.topics() if topic.overflow)
+        return self._core.overflow_watches
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise self._closed_error
+    @property
+    def read_watches(self) -> int:
+        """Watches started by one-shot reads (no stream uses them)."""
+        return self._core.read_watches
 
-    def _covering(self, prefix: str) -> _PrefixTopic | None:
-        """A usable live watch whose prefix covers `prefix` (keys are plain string prefixes)."""
+    def _covering(self, key: str) -> _PrefixTopic | None:
+        """A usable live watch whose prefix covers `key` (keys are plain string prefixes),
+        preferring a reachable one and the longest prefix."""
         best: _PrefixTopic | None = None
-        for topic in self._topics.topics():
-            if prefix.startswith(topic.prefix) and topic.usable(self.stale_limit):
+        for end in range(len(key), -1, -1):
+            topic = self._core.get(key[:end])
+            if topic is not None and topic.usable(self.stale_limit):
                 if topic.reachable:
                     return topic
                 best = best or topic
@@ -272,84 +257,78 @@ class ConfigHub:
     # ------------------------------------------------------------------ reads
 
     async def get(self, key: str) -> tuple[ConfigEntry, Freshness]:
-        """One key, from a live watch when one covers it, else one (single-flight) read."""
-        self._check_open()
-        if not key:
-            raise InvalidArgument("a config key must not be empty")
-        _validate("key", key)
-        topic = self._covering(key)
-        if topic is not None:
+        """One key: from a live watch that covers it, else from a read watch on the key (kept
+        a while for the next reads), else one single-flight read. NotFound when missing."""
+
+        def missing() -> NotFound:
+            return NotFound(f"config key {key!r} does not exist")
+
+        def from_topic(topic: _PrefixTopic) -> tuple[ConfigEntry, Freshness]:
             entry = topic.entries.get(key)
             if entry is None:
-                raise NotFound(f"config key {key!r} does not exist")
+                raise missing()
             return entry, topic.freshness()
-        try:
-            index, entry = await self._get_flight.do(key, lambda: self._consul.kv_get(key))
-        except NotFound:
-            self._got.discard(key)
-            raise
-        except Unavailable:
-            cached = self._got.stale(key, self.stale_limit)
-            if cached is None:
-                raise
-            return cached
-        fresh = Freshness(index, utcnow())
-        self._got.put(key, entry, fresh)
-        return entry, fresh
+
+        def from_payload(
+            entries: list[ConfigEntry], fresh: Freshness
+        ) -> tuple[ConfigEntry, Freshness]:
+            for entry in entries:
+                if entry.key == key:
+                    return entry, fresh
+            raise missing()
+
+        return await self._core.read(
+            key, f"config key {key!r}", from_topic, from_payload, self._covering(key)
+        )
 
     async def list(self, prefix: str) -> tuple[list[ConfigEntry], Freshness]:
         """Every key under `prefix`, sorted by key (empty when there are none)."""
-        self._check_open()
-        _validate("prefix", prefix)
-        topic = self._covering(prefix)
-        if topic is not None:
+
+        def from_topic(topic: _PrefixTopic) -> tuple[list[ConfigEntry], Freshness]:
+            if topic.prefix == prefix:
+                return list(topic.payload), topic.freshness()
             entries = [topic.entries[k] for k in sorted(topic.entries) if k.startswith(prefix)]
             return entries, topic.freshness()
-        try:
-            index, entries = await self._list_flight.do(
-                prefix, lambda: self._consul.kv_list(prefix)
-            )
-        except Unavailable:
-            cached = self._listed.stale(prefix, self.stale_limit)
-            if cached is None:
-                raise
-            return list(cached[0]), cached[1]
-        fresh = Freshness(index, utcnow())
-        self._listed.put(prefix, entries, fresh)
-        return list(entries), fresh
+
+        def from_payload(
+            entries: list[ConfigEntry], fresh: Freshness
+        ) -> tuple[list[ConfigEntry], Freshness]:
+            return list(entries), fresh
+
+        return await self._core.read(
+            prefix,
+            f"config under prefix {prefix!r}",
+            from_topic,
+            from_payload,
+            self._covering(prefix),
+        )
 
     # ------------------------------------------------------------------ streams
 
     def watch(
         self, prefix: str, resume_index: int = 0, resume_epoch: str = ""
     ) -> AsyncGenerator[ConfigSnapshot | ConfigChange | Heartbeat, None]:
-        """Stream a prefix. Arguments are checked now; the subscription starts on first
+        """Stream a prefix (validated by the caller). The subscription starts on first
         iteration and ends when the iterator is closed (or its consumer is cancelled)."""
-        self._check_open()
-        _validate("prefix", prefix)
-        if resume_index < 0:
-            raise InvalidArgument("resume_index must not be negative")
+        self._core.check_open()
         return self._stream(prefix, resume_index, resume_epoch)
 
     async def _stream(
         self, prefix: str, resume_index: int, resume_epoch: str
     ) -> AsyncGenerator[ConfigSnapshot | ConfigChange | Heartbeat, None]:
-        self._check_open()
-        topic = self._topics.acquire(prefix)
         sub: Subscriber[ConfigDelta] = Subscriber(
             self.queue_size, max_bytes=self.queue_bytes, weigh=weigh
         )
-        try:
-            await topic.wait_usable(self.stale_limit, f"config under prefix {prefix!r}")
+        async with self._core.subscribe(prefix, f"config under prefix {prefix!r}") as topic:
             for missed in topic.catch_up(resume_index, resume_epoch, self.queue_size // 2):
                 sub.push(missed)
             topic.subscribers.add(sub)
-            async for event in sub.stream(
-                self.heartbeat_interval,
-                lambda: Heartbeat(topic.freshness()),
-                lambda: [topic.snapshot(reset=True)],
-            ):
-                yield event
-        finally:
-            topic.subscribers.discard(sub)
-            self._topics.release(prefix, topic)
+            try:
+                async for event in sub.stream(
+                    self.heartbeat_interval,
+                    lambda: Heartbeat(topic.freshness()),
+                    lambda: [topic.snapshot(reset=True)],
+                ):
+                    yield event
+            finally:
+                topic.subscribers.discard(sub)

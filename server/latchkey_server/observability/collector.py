@@ -22,9 +22,27 @@ class _Upstream(Protocol):
     def last_contact(self) -> datetime | None: ...
 
 
+class _Budget(Protocol):
+    @property
+    def rate(self) -> float: ...
+    @property
+    def burst(self) -> float: ...
+    @property
+    def tokens(self) -> float: ...
+    @property
+    def waiting(self) -> int: ...
+    @property
+    def granted(self) -> int: ...
+    @property
+    def waited(self) -> int: ...
+    @property
+    def wait_seconds(self) -> float: ...
+
+
 class _ConsulPool(Protocol):
     @property
     def connection_budget(self) -> int: ...
+    def budget(self) -> _Budget: ...
     @property
     def connections_open(self) -> int: ...
     @property
@@ -100,9 +118,11 @@ class GatewayCollector(Collector):
             "latchkey_consul_connection_budget", "The hard cap on connections to Consul.",
             value=self._consul.connection_budget,
         )  # fmt: skip
+        yield from _budget_metrics(self._consul.budget())
         watches = GaugeMetricFamily(
             "latchkey_upstream_watches",
-            "Upstream watches, by kind; *_overflow ones share one blocking query per kind.",
+            "Upstream watches, by kind; *_overflow ones share one blocking query per kind, "
+            "*_read ones were started by one-shot reads (both are counted in their kind too).",
             labels=["kind"],
         )
         for kind, value in self._watches().items():
@@ -112,3 +132,37 @@ class GatewayCollector(Collector):
             "latchkey_audit_failures", "Audit log writes that failed.",
             value=self._audit_failures(),
         )  # fmt: skip
+
+
+def _budget_metrics(budget: _Budget) -> Iterator[Metric]:
+    """The Consul request budget: one token bucket for every request to the agent."""
+    yield GaugeMetricFamily(
+        "latchkey_consul_budget_rate",
+        "Requests per second the Consul request budget allows (0: no budget).",
+        value=budget.rate,
+    )
+    yield GaugeMetricFamily(
+        "latchkey_consul_budget_burst", "Requests the budget lets through back to back.",
+        value=budget.burst,
+    )  # fmt: skip
+    yield GaugeMetricFamily(
+        "latchkey_consul_budget_tokens", "Tokens of the Consul request budget available now.",
+        value=budget.tokens,
+    )  # fmt: skip
+    yield GaugeMetricFamily(
+        "latchkey_consul_budget_waiting", "Requests to Consul queued for a budget token now.",
+        value=budget.waiting,
+    )  # fmt: skip
+    yield CounterMetricFamily(
+        "latchkey_consul_budget_requests", "Requests to Consul that took a budget token.",
+        value=budget.granted,
+    )  # fmt: skip
+    yield CounterMetricFamily(
+        "latchkey_consul_budget_waits", "Requests to Consul that queued for their token.",
+        value=budget.waited,
+    )  # fmt: skip
+    yield CounterMetricFamily(
+        "latchkey_consul_budget_wait_seconds",
+        "Seconds requests to Consul spent queued for budget tokens, all together.",
+        value=budget.wait_seconds,
+    )

@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from latchkey_server.errors import InvalidArgument, Unavailable
+from latchkey_server.errors import Unavailable
 from latchkey_server.models import ConfigEntry, HealthStatus, Instance
-from latchkey_server.upstreams.consul_watch import Saturated
+from latchkey_server.upstreams.consul_port import CheckState, Saturated
 
 _SEVERITY = {HealthStatus.PASSING: 0, HealthStatus.WARNING: 1, HealthStatus.CRITICAL: 2}
 
@@ -32,20 +32,6 @@ class ConsulUnavailable(Unavailable):
 class ConsulSaturated(ConsulUnavailable, Saturated):
     """No connection of the budget's read reserve came free in time. Consul was not asked:
     this is the gateway being busy, not Consul being unreachable."""
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class CheckState:
-    """One health check as `/v1/health/state/any` lists it (enough to notice a change)."""
-
-    service_name: str
-    """Empty for node-level checks (`serfHealth`, node maintenance)."""
-    node: str
-    check_id: str
-    status: str
-    service_id: str
-    modify_index: int
-    """Moves on every write of the check, so a flap and back never looks unchanged."""
 
 
 def go_duration(seconds: float) -> str:
@@ -89,11 +75,6 @@ def int_header(headers: Mapping[str, str], name: str, default: int = 0) -> int:
         return int(raw)
     except ValueError:
         return default
-
-
-def check_key(what: str, key: str) -> None:
-    if key.startswith("/"):
-        raise InvalidArgument(f"Consul {what} must not start with '/'")
 
 
 def decode_json(reply: Reply) -> Any:

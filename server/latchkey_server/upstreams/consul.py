@@ -1,8 +1,10 @@
 """The Consul upstream adapter: the only module that speaks Consul's HTTP API.
 
-Brokers depend on the narrow `ConsulUpstream` protocol; `ConsulAdapter` implements it over one
-shared aiohttp session with a hard connection budget. Every failure leaves this module as a
-domain error: `ConsulUnavailable` (a `Unavailable`), `NotFound` or `InvalidArgument`.
+Brokers depend on the narrow protocols of `consul_port.py`; `ConsulAdapter` implements them
+over one shared aiohttp session with a hard connection budget and one request budget (a token
+bucket shared fairly by every request, `_consul_budget.py`). Every failure leaves this module
+as a domain error: `ConsulUnavailable` (a `Unavailable`), `NotFound` or `InvalidArgument`.
+Arguments are not validated here: the transport validates them at the edge.
 
 Consul 1.8.7 facts this module relies on (see shared/reference/consul-notes.md):
 - `X-Consul-Index` is an integer; a 404 on a KV read still carries it.
@@ -25,7 +27,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import NoReturn
 from urllib.parse import quote
 
 import aiohttp
@@ -33,12 +35,11 @@ import aiohttp
 from latchkey_server.errors import InvalidArgument, NotFound
 from latchkey_server.models import ConfigEntry, Instance, utcnow
 from latchkey_server.observability.telemetry import Telemetry
+from latchkey_server.upstreams._consul_budget import BudgetStats, RequestBudget
 from latchkey_server.upstreams._consul_parse import (
-    CheckState,
     ConsulSaturated,
     ConsulUnavailable,
     Reply,
-    check_key,
     check_state,
     classify_checks,
     decode_json,
@@ -50,7 +51,7 @@ from latchkey_server.upstreams._consul_parse import (
     key_version,
     read_timeout_for,
 )
-from latchkey_server.upstreams.consul_watch import WatchSlots
+from latchkey_server.upstreams.consul_port import CheckState, WatchSlots
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,6 @@ __all__ = [
     "ConsulConfig",
     "ConsulSaturated",
     "ConsulUnavailable",
-    "ConsulUpstream",
-    "SharedWatchUpstream",
     "classify_checks",
     "go_duration",
     "read_timeout_for",
@@ -72,57 +71,6 @@ OP_KV_LIST = "kv_list"
 OP_KV_TREE = "kv_tree"
 OP_HEALTH = "health_service"
 OP_HEALTH_STATE = "health_state"
-
-
-class ConsulUpstream(Protocol):
-    """What the brokers need from Consul. Indexes are ints; `wait` is in seconds."""
-
-    async def kv_get(self, key: str) -> tuple[int, ConfigEntry]:
-        """One key (non-blocking). Raises `NotFound` when it does not exist."""
-        ...
-
-    async def kv_list(
-        self, prefix: str, index: int | None = None, wait: float | None = None
-    ) -> tuple[int, list[ConfigEntry]]:
-        """Every key under `prefix`, sorted by key; blocks when `index` is given."""
-        ...
-
-    async def health_service(
-        self,
-        service: str,
-        *,
-        tag: str = "",
-        datacenter: str = "",
-        index: int | None = None,
-        wait: float | None = None,
-    ) -> tuple[int, list[Instance]]:
-        """All instances of `service` (not only passing), each classified by its worst check."""
-        ...
-
-
-@runtime_checkable
-class SharedWatchUpstream(ConsulUpstream, Protocol):
-    """An upstream with a finite blocking capacity, and the queries that let one blocking
-    query stand for many watches (consul-notes §4, "many-services trick")."""
-
-    @property
-    def watch_slots(self) -> WatchSlots:
-        """Who may hold a blocking query of their own (shared by all hubs on this upstream)."""
-        ...
-
-    async def kv_tree(
-        self, prefix: str, index: int | None = None, wait: float | None = None
-    ) -> tuple[int, list[tuple[str, int]]]:
-        """(key, ModifyIndex) of every key under `prefix`, sorted; blocks when `index` is
-        given. The index moves on any change under the prefix, deletes included."""
-        ...
-
-    async def health_state(
-        self, *, datacenter: str = "", index: int | None = None, wait: float | None = None
-    ) -> tuple[int, list[CheckState]]:
-        """Every health check in the datacenter, sorted; blocks when `index` is given. The
-        index moves on any check change in the datacenter."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,15 +102,23 @@ class ConsulConfig:
     this (X-Consul-LastContact) or knows no leader, the read is repeated in default mode."""
     shared_reserve: int = 2
     """Blocking slots kept for shared overflow queries (one KV, one health per datacenter)."""
+    requests_per_second: float = 500.0
+    """The request budget: requests per second to the agent, all requests together (blocking
+    re-reads, shared queries, plain reads, pings), shared fairly between targets. 0: none."""
+    burst: int = 100
+    """Requests the budget lets through back to back before pacing them."""
 
 
 class ConsulAdapter:
-    """`ConsulUpstream` over aiohttp: one session, a connection budget, counters.
+    """`SharedWatchUpstream` over aiohttp: one session, a request budget, a connection budget,
+    counters.
 
-    The budget is split in two, so that a plain read never waits behind blocking queries:
-    blocking queries take at most `blocking_capacity` connections (they queue for a slot, with
-    no timeout, as they would anyway wait long for an answer), plain reads take the rest (the
-    read reserve; they give up after `pool_timeout` with `ConsulSaturated`). The two
+    Every request first takes a token of the request budget (`requests_per_second`, fair
+    between targets; see `_consul_budget.py`). The connection budget is split in two, so that
+    a plain read never waits behind blocking queries: blocking queries take at most
+    `blocking_capacity` connections (they queue for a slot, with no timeout, as they would
+    anyway wait long for an answer), plain reads take the rest (the read reserve; they give up
+    after `pool_timeout` with `ConsulSaturated`, as they do waiting for a token). The two
     semaphores sum to the connector's limit, so the connector itself never queues and its
     connect timeout only ever measures a real TCP connect.
 
@@ -189,6 +145,7 @@ class ConsulAdapter:
         self._blocking_slots = asyncio.Semaphore(self._blocking_capacity)
         self._read_slots = asyncio.Semaphore(reserve)
         self._watch_slots = WatchSlots(self._blocking_capacity, self.settings.shared_reserve)
+        self._budget = RequestBudget(self.settings.requests_per_second, self.settings.burst)
         self._headers: dict[str, str] = {"Accept": "application/json"}
         if self.settings.token:
             self._headers["X-Consul-Token"] = self.settings.token
@@ -250,6 +207,10 @@ class ConsulAdapter:
     def watch_slots(self) -> WatchSlots:
         return self._watch_slots
 
+    def budget(self) -> BudgetStats:
+        """The request budget now (rate, tokens, waiting requests, counters), for metrics."""
+        return self._budget.stats()
+
     @property
     def overflow_watches(self) -> int:
         """Watches covered by a shared blocking query instead of one of their own."""
@@ -298,9 +259,6 @@ class ConsulAdapter:
         )
 
     async def kv_get(self, key: str) -> tuple[int, ConfigEntry]:
-        if not key:
-            raise InvalidArgument("a Consul key must not be empty")
-        check_key("key", key)
         reply = await self._get(OP_KV_GET, key, f"/v1/kv/{quote(key, safe='/')}", {}, None, None)
         if reply.status == 404:
             raise NotFound(f"config key {key!r} does not exist")
@@ -312,7 +270,6 @@ class ConsulAdapter:
     async def kv_list(
         self, prefix: str, index: int | None = None, wait: float | None = None
     ) -> tuple[int, list[ConfigEntry]]:
-        check_key("prefix", prefix)
         path = f"/v1/kv/{quote(prefix, safe='/')}"
         reply = await self._get(OP_KV_LIST, prefix, path, {"recurse": ""}, index, wait)
         if reply.status == 404:
@@ -325,7 +282,6 @@ class ConsulAdapter:
     ) -> tuple[int, list[tuple[str, int]]]:
         # `?keys` would be lighter but cannot reveal a modified value; `recurse` carries each
         # key's ModifyIndex. Values are parsed as JSON but never decoded nor kept.
-        check_key("prefix", prefix)
         path = f"/v1/kv/{quote(prefix, safe='/')}"
         reply = await self._get(OP_KV_TREE, prefix, path, {"recurse": ""}, index, wait)
         if reply.status == 404:
@@ -341,8 +297,6 @@ class ConsulAdapter:
         index: int | None = None,
         wait: float | None = None,
     ) -> tuple[int, list[Instance]]:
-        if not service:
-            raise InvalidArgument("a service name must not be empty")
         target = f"{service}|{tag}|{datacenter}"
         path = f"/v1/health/service/{quote(service, safe='')}"
         params: dict[str, str] = {}
@@ -398,6 +352,26 @@ class ConsulAdapter:
             if self._in_flight_by_target[(op, target)] <= 0:
                 del self._in_flight_by_target[(op, target)]
 
+    async def _token(self, op: str, target: str, blocking: bool) -> None:
+        """A token of the request budget (plain reads give up after `pool_timeout`)."""
+        if blocking:
+            await self._budget.acquire((op, target))
+            return
+        try:
+            async with asyncio.timeout(self.settings.pool_timeout):
+                await self._budget.acquire((op, target))
+        except TimeoutError:
+            self._saturated(op, "request budget")
+
+    def _saturated(self, op: str, what: str) -> NoReturn:
+        # Our own congestion, not Consul's silence, so reachability stays as it is.
+        self.saturations += 1
+        self._requests.labels("consul", op, "error").inc()
+        log.warning("consul %s: the %s stayed busy; giving up", op, what)
+        raise ConsulSaturated(
+            f"the gateway's Consul {what} is saturated; retry", retry_after=1.0
+        ) from None
+
     @contextlib.asynccontextmanager
     async def _slot(self, op: str, blocking: bool) -> AsyncIterator[None]:
         if blocking:
@@ -408,14 +382,7 @@ class ConsulAdapter:
             async with asyncio.timeout(self.settings.pool_timeout):
                 await self._read_slots.acquire()
         except TimeoutError:
-            # Every reserve connection is busy with other plain reads: our congestion, not
-            # Consul's silence, so reachability stays as it is.
-            self.saturations += 1
-            self._requests.labels("consul", op, "error").inc()
-            log.warning("consul %s: the read reserve stayed busy; giving up", op)
-            raise ConsulSaturated(
-                "the gateway's Consul connection budget is saturated; retry", retry_after=1.0
-            ) from None
+            self._saturated(op, "connection budget")
         try:
             yield
         finally:
@@ -446,6 +413,7 @@ class ConsulAdapter:
             sock_connect=self.settings.connect_timeout,
             sock_read=read_timeout,
         )
+        await self._token(op, target, blocking)
         async with self._tracked(op, target), self._slot(op, blocking):
             try:
                 async with session.get(

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import pytest
 
+from latchkey_server.brokers.consul_watch import Backoff, ConsulWatch, WatchSettings, next_index
 from latchkey_server.errors import LatchkeyError, Unavailable
-from latchkey_server.upstreams.consul_watch import (
-    Backoff,
-    ConsulWatch,
-    Saturated,
-    TokenBucket,
-    WatchSettings,
-    next_index,
-)
+from latchkey_server.upstreams.consul_port import Saturated
 
-FAST = WatchSettings(wait=55.0, burst=100, refill_interval=0.001, backoff_base=0.001)
+FAST = WatchSettings(wait=55.0, min_interval=0.0, dither=0.0, backoff_base=0.001)
 
 
 class ScriptedFetch:
@@ -41,11 +36,11 @@ class ScriptedFetch:
 
 class Recorder:
     def __init__(self) -> None:
-        self.responses: list[tuple[int, str, bool, bool]] = []
+        self.responses: list[tuple[int, str, bool]] = []
         self.reachability: list[bool] = []
 
-    def on_response(self, index: int, payload: str, changed: bool, reset: bool) -> None:
-        self.responses.append((index, payload, changed, reset))
+    def on_response(self, index: int, payload: str, reset: bool) -> None:
+        self.responses.append((index, payload, reset))
 
     def on_reachability(self, reachable: bool, error: LatchkeyError | None) -> None:
         self.reachability.append(reachable)
@@ -83,7 +78,7 @@ async def test_first_call_has_no_index_then_blocks_on_the_int_index() -> None:
 async def test_backwards_index_resets_to_a_full_read() -> None:
     fetch, owner = await run_script([(10, "a"), (12, "b"), (5, "c"), (5, "c"), (6, "d")])
     assert [c[0] for c in fetch.calls] == [None, 10, 12, None, 5, 6]
-    assert [r[3] for r in owner.responses] == [False, False, True, False, False]
+    assert [r[2] for r in owner.responses] == [False, False, True, False, False]
 
 
 async def test_index_below_one_is_treated_as_one() -> None:
@@ -92,9 +87,10 @@ async def test_index_below_one_is_treated_as_one() -> None:
     assert owner.responses[0][0] == 1
 
 
-async def test_returned_is_not_changed() -> None:
+async def test_every_answer_goes_to_the_owner_which_compares() -> None:
+    # The loop keeps no copy: "returned" vs "changed" is decided once, by the owner.
     _, owner = await run_script([(10, "a"), (11, "a"), (12, "b"), (13, "b")])
-    assert [r[2] for r in owner.responses] == [True, False, True, False]
+    assert [(r[0], r[1]) for r in owner.responses] == [(10, "a"), (11, "a"), (12, "b"), (13, "b")]
 
 
 async def test_errors_back_off_with_jitter_and_report_reachability_once() -> None:
@@ -114,7 +110,7 @@ async def test_errors_back_off_with_jitter_and_report_reachability_once() -> Non
     assert owner.reachability == [True, False, True]
     # After an error the next request is a plain read (a restarted agent may have a lower index).
     assert [c[0] for c in fetch.calls] == [None, 10, None, None, None, None, 10, 11]
-    assert [(r[1], r[2]) for r in owner.responses] == [("a", True), ("a", False), ("b", True)]
+    assert [r[1] for r in owner.responses] == ["a", "a", "b"]
     assert backoff.failures == 0
 
 
@@ -124,7 +120,7 @@ async def test_unexpected_exceptions_do_not_kill_the_loop() -> None:
 
     _, owner = await run_script([KeyError("bug"), (3, "a")], sleep=no_sleep)
     assert owner.reachability == [False, True]
-    assert owner.responses == [(3, "a", True, False)]
+    assert owner.responses == [(3, "a", False)]
 
 
 def test_full_jitter_backoff_bounds() -> None:
@@ -155,28 +151,62 @@ class FakeClock:
         self.now += delay
 
 
-async def test_token_bucket_allows_a_burst_then_refills() -> None:
+async def test_requests_of_one_watch_start_at_least_the_minimum_interval_apart() -> None:
     clock = FakeClock()
-    bucket = TokenBucket(2, 15.0, clock=clock, sleep=clock.sleep)
-    await bucket.take()
-    await bucket.take()
-    assert clock.sleeps == []  # the happy path never sleeps
-    await bucket.take()
-    assert clock.sleeps == [pytest.approx(15.0)]
-    clock.now += 7.5
-    assert bucket.try_take() == pytest.approx(7.5)
-    clock.now += 30.0  # long idle: refills to the capacity, not beyond
-    assert bucket.try_take() == 0.0
-    assert bucket.try_take() == 0.0
-    assert bucket.try_take() > 0.0
+    settings = WatchSettings(wait=55.0, min_interval=0.1, dither=0.005)
+    # Each answer arrives 0.03 s after its request (a key churning faster than the interval).
+    script: list[Any] = [(n, str(n)) for n in range(1, 6)]
+    fetch = ScriptedFetch(script)
+    starts: list[float] = []
+
+    async def timed(index: int | None, wait: float | None) -> tuple[int, str]:
+        starts.append(clock.now)
+        if fetch.script:
+            clock.now += 0.03
+        return await fetch(index, wait)
+
+    owner = Recorder()
+    watch: ConsulWatch[str] = ConsulWatch(
+        "paced", timed, owner, settings, sleep=clock.sleep, clock=clock, rng=lambda lo, hi: hi
+    )
+    watch.start()
+    try:
+        async with asyncio.timeout(10):
+            await fetch.parked.wait()
+    finally:
+        await watch.stop()
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert len(gaps) == 5
+    # The first blocking query follows the plain read at once (it parks unless something
+    # changed); every request after a blocking query waits for the rest of 0.1 s + dither.
+    assert gaps[0] == pytest.approx(0.03)
+    assert all(gap >= 0.1 for gap in gaps[1:])  # the floor, on the fake clock
+    assert clock.sleeps == [pytest.approx(0.075)] * 4
+    # Nothing is dropped: every answer reached the owner, the last one included.
+    assert [r[1] for r in owner.responses] == ["1", "2", "3", "4", "5"]
 
 
-async def test_watch_under_churn_is_rate_limited_by_its_bucket() -> None:
+async def test_a_quiet_watch_never_waits() -> None:
     clock = FakeClock()
-    limiter = TokenBucket(2, 15.0, clock=clock, sleep=clock.sleep)
-    await run_script([(1, "a"), (2, "b"), (3, "c"), (4, "d")], limiter=limiter)
-    # Five requests (four answers and the parked one): two from the burst, three refills.
-    assert clock.sleeps == [pytest.approx(15.0)] * 3
+    settings = WatchSettings(wait=55.0, min_interval=0.1, dither=0.005)
+    fetch = ScriptedFetch([(1, "a"), (2, "b")])
+
+    async def slow(index: int | None, wait: float | None) -> tuple[int, str]:
+        if fetch.script:
+            clock.now += 30.0  # a blocking query that returned after a long wait
+        return await fetch(index, wait)
+
+    watch: ConsulWatch[str] = ConsulWatch(
+        "quiet", slow, Recorder(), settings, sleep=clock.sleep, clock=clock
+    )
+    watch.start()
+    try:
+        async with asyncio.timeout(10):
+            await fetch.parked.wait()
+    finally:
+        await watch.stop()
+    assert clock.sleeps == []
+    assert watch.requests == 3
 
 
 async def test_saturation_is_retried_without_touching_reachability() -> None:
@@ -187,4 +217,4 @@ async def test_saturation_is_retried_without_touching_reachability() -> None:
     fetch, owner = await run_script([busy, busy, (3, "a")], sleep=no_sleep)
     assert owner.reachability == [True]  # never reported down: Consul was not even asked
     assert [c[0] for c in fetch.calls] == [None, None, None, 3]
-    assert owner.responses == [(3, "a", True, False)]
+    assert owner.responses == [(3, "a", False)]

@@ -1,22 +1,27 @@
-"""Our own Consul blocking-query loop, driven by a fetch callable (consul-notes §0).
+"""The Consul blocking-query loop, driven by a fetch callable (consul-notes §0).
 
     fetch(index, wait) -> (index, payload)
+
+Broker machinery: it knows Consul's index rules but no wire format (the fetch is a method of
+the port, `upstreams/consul_port.py`, or an overflow member standing in for one).
 
 - The first call (and every call after a reset or an error) passes `index=None`: a plain read.
 - The index is an int. If it goes backwards, the next call starts again from 0 (a full
   re-read); an index below 1 is treated as 1.
-- A returned query is not a change: the payload is compared with the last one before the
-  owner is told it changed.
-- Each loop iteration takes a token from a per-watch token bucket (burst 2), so churn cannot
-  turn the loop into a hot spin, while the happy path never sleeps.
+- Every answer goes to the owner, which compares it with what it holds (once: the loop keeps
+  no copy). A returned query is not a change; the owner decides.
+- A request that follows a blocking query starts at least `min_interval` (plus up to
+  `dither`) after it, so a key that churns cannot turn the loop into a hot spin. The happy
+  path never sleeps: a blocking query returns only on a change, normally long after the
+  interval. Nothing is lost by the pause: the next request carries the index of the last
+  answer, so Consul answers it at once with the latest state, and the last change of a burst
+  is always delivered.
+- Across the gateway, every request also takes a token of the adapter's request budget, which
+  is shared fairly by all watches and reads (`upstreams/_consul_budget.py`).
 - Errors back off exponentially with full jitter; the owner keeps its last good value and is
   told when reachability changes (up -> down, down -> up). A `Saturated` error (our own
   connection budget was busy, Consul was never asked) is retried the same way but says nothing
   about Consul, so it does not change reachability.
-
-`WatchSlots` decides which watches get a blocking query of their own: the adapter's blocking
-capacity is finite, and the watches beyond it share one blocking query per group instead
-(brokers/_overflow.py).
 """
 
 from __future__ import annotations
@@ -30,17 +35,16 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from latchkey_server.errors import LatchkeyError, Unavailable
+from latchkey_server.upstreams.consul_port import Saturated
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "Backoff",
     "ConsulWatch",
-    "Saturated",
-    "TokenBucket",
+    "Fetch",
     "WatchOwner",
     "WatchSettings",
-    "WatchSlots",
     "next_index",
 ]
 
@@ -50,48 +54,6 @@ T_contra = TypeVar("T_contra", contravariant=True)
 Fetch = Callable[[int | None, float | None], Awaitable[tuple[int, T]]]
 
 
-class Saturated(Unavailable):
-    """The gateway's own connection budget had no free connection in time. Consul was not
-    asked, so this says nothing about its reachability; retry later."""
-
-
-class WatchSlots:
-    """Shares the adapter's blocking capacity between dedicated watches and shared queries.
-
-    First come, first served: a watch gets a blocking query of its own while one is free, else
-    it becomes an overflow watch covered by its group's shared query. `shared_reserve` slots are
-    kept for the shared queries (one for KV, one per datacenter for health) so that overflow
-    never waits for a slot. A dedicated watch keeps its slot until it stops; overflow watches
-    are not promoted when a slot frees up (they already see changes promptly).
-    """
-
-    def __init__(self, capacity: int, shared_reserve: int = 2) -> None:
-        self.capacity = capacity
-        self.shared_reserve = shared_reserve
-        self.dedicated = 0
-        """Watches holding a blocking query of their own."""
-        self.shared = 0
-        """Shared (overflow group) blocking queries."""
-        self.overflow = 0
-        """Watches covered by a shared query instead of their own."""
-
-    def try_dedicated(self) -> bool:
-        """Claim a dedicated slot if one is free (then `release_dedicated` when done)."""
-        if self.dedicated + max(self.shared, self.shared_reserve) >= self.capacity:
-            return False
-        self.dedicated += 1
-        return True
-
-    def release_dedicated(self) -> None:
-        self.dedicated = max(0, self.dedicated - 1)
-
-    def add_shared(self, delta: int) -> None:
-        self.shared = max(0, self.shared + delta)
-
-    def add_overflow(self, delta: int) -> None:
-        self.overflow = max(0, self.overflow + delta)
-
-
 @dataclass(frozen=True, slots=True)
 class WatchSettings:
     """Tuning of one blocking-query loop."""
@@ -99,10 +61,11 @@ class WatchSettings:
     wait: float = 55.0
     """Blocking `wait` in seconds. Moderate on purpose: an abandoned blocking query keeps its
     connection slot on the agent until its wait expires."""
-    burst: int = 2
-    """Token-bucket capacity: this many requests may follow each other without delay."""
-    refill_interval: float = 15.0
-    """Seconds to earn one token back once the burst is used up (only matters under churn)."""
+    min_interval: float = 0.1
+    """Least seconds between the starts of two requests of one watch."""
+    dither: float = 0.005
+    """Up to this many seconds added at random to each pause (watches woken by one change do
+    not ask again in lockstep)."""
     backoff_base: float = 0.5
     """First error backoff ceiling in seconds; doubles per consecutive error."""
     backoff_cap: float = 30.0
@@ -129,46 +92,6 @@ def _where(exc: BaseException) -> str:
     while tb.tb_next is not None:
         tb = tb.tb_next
     return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"
-
-
-class TokenBucket:
-    """A token bucket: `capacity` tokens, one earned back every `refill_interval` seconds."""
-
-    def __init__(
-        self,
-        capacity: int,
-        refill_interval: float,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        if capacity < 1 or refill_interval <= 0:
-            raise ValueError("capacity must be >= 1 and refill_interval > 0")
-        self.capacity = capacity
-        self.refill_interval = refill_interval
-        self._clock = clock
-        self._sleep = sleep
-        self._tokens = float(capacity)
-        self._stamp = clock()
-
-    def _refill(self) -> None:
-        now = self._clock()
-        earned = (now - self._stamp) / self.refill_interval
-        self._tokens = min(float(self.capacity), self._tokens + earned)
-        self._stamp = now
-
-    def try_take(self) -> float:
-        """Take a token if one is there (returns 0.0), else return the seconds until one is."""
-        self._refill()
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return 0.0
-        return (1.0 - self._tokens) * self.refill_interval
-
-    async def take(self) -> None:
-        """Wait until a token is available and take it. No wait while tokens are left."""
-        while (delay := self.try_take()) > 0:
-            await self._sleep(delay)
 
 
 class Backoff:
@@ -199,9 +122,10 @@ class Backoff:
 class WatchOwner(Protocol[T_contra]):
     """Receives what a watch observes. Called from the watch's task; must not block."""
 
-    def on_response(self, index: int, payload: T_contra, changed: bool, reset: bool) -> None:
-        """Every successful response. `changed`: the payload differs from the last one (always
-        True for the first). `reset`: the index went backwards (history before it is void)."""
+    def on_response(self, index: int, payload: T_contra, reset: bool) -> None:
+        """Every successful response; the owner tells a change from a mere return by comparing
+        `payload` with what it holds. `reset`: the index went backwards (history before it is
+        void)."""
 
     def on_reachability(self, reachable: bool, error: LatchkeyError | None) -> None:
         """The upstream became unreachable (with the error) or reachable again."""
@@ -218,21 +142,19 @@ class ConsulWatch(Generic[T]):
         owner: WatchOwner[T],
         settings: WatchSettings | None = None,
         *,
-        equal: Callable[[T, T], bool] | None = None,
-        limiter: TokenBucket | None = None,
         backoff: Backoff | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[float, float], float] = random.uniform,
     ) -> None:
         self.name = name
         self.settings = settings or WatchSettings()
         self._fetch = fetch
         self._owner = owner
-        self._equal: Callable[[T, T], bool] = equal or (lambda a, b: a == b)
-        self._limiter = limiter or TokenBucket(
-            self.settings.burst, self.settings.refill_interval, sleep=sleep
-        )
         self._backoff = backoff or Backoff(self.settings.backoff_base, self.settings.backoff_cap)
         self._sleep = sleep
+        self._clock = clock
+        self._rng = rng
         self._task: asyncio.Task[None] | None = None
         self.index = 0
         """The index the next request will send (0: a plain read)."""
@@ -242,6 +164,8 @@ class ConsulWatch(Generic[T]):
         """None until the first response or error."""
         self.retry_at: float | None = None
         """Monotonic time of the next retry while backing off (for retry hints)."""
+        self.requests = 0
+        """Requests started (observability, tests)."""
 
     @property
     def running(self) -> bool:
@@ -272,11 +196,24 @@ class ConsulWatch(Generic[T]):
             task.cancel()
         return task
 
+    async def _pace(self, last_start: float | None) -> float:
+        """Wait out the rest of the minimum interval since `last_start`; return the new start."""
+        settings = self.settings
+        if last_start is not None:
+            pause = last_start + settings.min_interval - self._clock()
+            if pause > 0:
+                await self._sleep(pause + self._rng(0.0, settings.dither))
+        return self._clock()
+
     async def run(self) -> None:
-        previous: list[T] = []  # the last payload, once there is one
+        blocked_at: float | None = None  # start of the last blocking request
         while True:
-            await self._limiter.take()
+            started = await self._pace(blocked_at)
+            self.requests += 1
             sent = self.index
+            # Only a blocking query that returns can start a spin; the first one after a
+            # plain read goes at once (it parks unless something changed).
+            blocked_at = started if sent > 0 else None
             try:
                 if sent > 0:
                     returned, payload = await self._fetch(sent, self.settings.wait)
@@ -313,14 +250,12 @@ class ConsulWatch(Generic[T]):
             self.last_index = max(1, returned)
             if reset:
                 log.info("consul watch %s: index went backwards; re-reading", self.name)
-            changed = not previous or not self._equal(payload, previous[0])
-            previous[:] = [payload]
-            self._owner.on_response(self.last_index, payload, changed, reset)
+            self._owner.on_response(self.last_index, payload, reset)
 
     async def _failed(self, exc: LatchkeyError) -> None:
         # After an error the next request is a plain read: if the agent came back with a lower
         # index (a restarted -dev agent), a blocking query with our old index would hang for a
-        # whole wait before revealing the reset. Returned != changed keeps this quiet.
+        # whole wait before revealing the reset.
         self.index = 0
         delay = self._backoff.next_delay()
         self.retry_at = time.monotonic() + delay
