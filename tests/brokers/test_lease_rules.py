@@ -94,21 +94,22 @@ def test_jitter_is_capped_at_half() -> None:
     assert r.renew_at(T0, 60, wild, -1.0) == at(20)
 
 
-def test_rotation_window_defaults_to_a_third_of_the_ttl_at_least_the_minimum() -> None:
-    assert r.rotate_window(lease(ttl=60, max_ttl=300), RULES) == 20
-    assert r.rotate_window(lease(ttl=3, max_ttl=60), RULES) == 2, "never below the minimum"
-    assert r.rotate_window(lease(ttl=3, max_ttl=3), RULES) == 1.5, "never past half the life"
+def test_the_default_rotation_window_leaves_time_to_switch() -> None:
+    assert r.rotate_window(lease(ttl=3600, max_ttl=86400), RULES) == 1200, "a third of the TTL"
+    assert r.rotate_window(lease(ttl=60, max_ttl=300), RULES) == 30, "at least 30 s"
+    assert r.rotate_window(lease(ttl=3, max_ttl=6), RULES) == 3, "half the life when shorter"
+    assert r.rotate_window(lease(ttl=1, max_ttl=2), LeaseRules(min_rotate_before=2)) == 1
     fixed = LeaseRules(rotate_before=50)
     assert r.rotate_window(lease(ttl=60, max_ttl=300), fixed) == 50
     assert r.rotate_at(lease(ttl=60, max_ttl=300), fixed) == at(250)
+    assert r.rotate_window(lease(ttl=3, max_ttl=6), LeaseRules(rotate_before=5)) == 3
 
 
 def test_a_lease_is_shared_until_it_is_about_to_rotate_or_expire() -> None:
     times = lease(ttl=60, max_ttl=300)
     assert r.shareable(times, at(10), RULES)
     assert not r.shareable(times, at(59.5), RULES), "within the expiry margin"
-    renewed = r.renewed(times, at(250), 50, wanted=None, renewable=True)
-    assert not r.shareable(renewed, at(281), RULES), "inside the rotation window"
+    assert not r.shareable(times, at(271), RULES), "inside the rotation window"
 
 
 def test_the_previous_lease_is_revoked_after_the_grace_but_before_it_ends() -> None:

@@ -444,6 +444,26 @@ async def test_an_operator_revokes_a_lease_this_gateway_does_not_hold(
         await other.release("operator", cred.lease_id, force=True)
 
 
+async def test_a_lease_that_arrives_after_its_ttl_is_renewed_not_thrown_away(
+    vault: FakeVault, make_broker: Any
+) -> None:
+    """Vault busy (revoking a burst of expired leases) answers a creds call after the TTL it
+    granted has passed by the broker's clock, which starts before the request: the lease is
+    alive in Vault (it counts from when it issued it), so the broker renews it and uses it."""
+    vault.roles["app"] = FakeRole(default_ttl=5.0, max_ttl=60.0)
+    skew = [0.0]
+    broker = make_broker(clock=lambda: datetime.now(UTC) + timedelta(seconds=skew[0]))
+    vault.issue_gate = asyncio.Event()
+    acquiring = asyncio.create_task(broker.acquire("alice", "app"))
+    await until(lambda: vault.issue_calls == 1)
+    skew[0] = 6.0  # by the broker's clock the call took longer than the lease's 5 s TTL
+    vault.issue_gate.set()
+    cred = await acquiring
+    assert cred.lease_id in vault.renew_calls
+    assert vault.valid(cred.lease_id)
+    assert [i.lease_id for i in broker.list()] == [cred.lease_id]
+
+
 # ---------------------------------------------------------------- re-attach and shutdown
 
 

@@ -71,6 +71,10 @@ class LeaseTimes:
         return min(self.expires_at, self.deadline)
 
 
+MIN_OVERLAP = 30.0
+"""The shortest default rotation window (seconds before the deadline), lifetime permitting."""
+
+
 def later(at: datetime, seconds: float) -> datetime:
     return at + timedelta(seconds=seconds)
 
@@ -150,13 +154,17 @@ def renew_at(started: datetime, granted: float, rules: LeaseRules, spread: float
 
 
 def rotate_window(times: LeaseTimes, rules: LeaseRules) -> float:
-    """Seconds before the deadline at which a streamed lease is rotated: `rotate_before`, by
-    default a third of the lease's TTL and at least `min_rotate_before`; never more than half
-    the lease's lifetime."""
+    """Seconds before the deadline at which a streamed lease is rotated: `rotate_before`; by
+    default a third of the lease's TTL, at least `min_rotate_before` and at least
+    `MIN_OVERLAP` (30 s). Never more than half the lease's lifetime, so a short-lived lease (a
+    6 s max TTL) rotates at half-life: its streams get the most time a lifetime allows to
+    receive and switch to the new credential, even from a Vault that takes seconds to answer
+    (busy revoking a burst of expired leases), before Vault revokes the old one at its max TTL.
+    """
     lifetime = seconds_between(times.issued_at, times.deadline)
     wanted = rules.rotate_before
     if wanted is None:
-        wanted = max(rules.min_rotate_before, times.ttl / 3)
+        wanted = max(rules.min_rotate_before, times.ttl / 3, MIN_OVERLAP)
     return max(0.0, min(wanted, lifetime / 2))
 
 

@@ -111,6 +111,11 @@ class Lease:
     done: bool = False
 
     renewing: asyncio.Task[RenewedLease] | None = None
+    """The Vault renewal call in flight (shared by the callers that want one)."""
+    renewal: asyncio.Task[None] | None = None
+    """The background renewal in flight (it handles its own failures)."""
+    rotating: asyncio.Task[None] | None = None
+    """The rotation in flight (obtaining the successor, then moving the streams)."""
     renew_failures: int = 0
     rotate_failures: int = 0
     next_rotate_attempt: datetime | None = None

@@ -5,6 +5,11 @@ that lease, using the rules of `_lease_rules.py` on the lease's times and `now`:
 streams hold it, rotating before its hard deadline, revoking the previous lease of a rotation
 once every stream acknowledged or at the promised moment, revoking it when unheld, noticing
 when Vault lost it, and ending its streams when it is gone and no replacement can be had.
+
+A background renewal or rotation runs as a call of its own (`_start`) that wakes the task when
+it ends: a Vault that takes seconds to answer one call (busy revoking a burst of expired leases,
+say) never holds back the lease's other decisions, above all the rotation that must beat the
+lease's max TTL.
 """
 
 from __future__ import annotations
@@ -66,7 +71,12 @@ class LeaseTasks:
 
     async def stop(self, leases: list[Lease]) -> None:
         self.closed = True
-        tasks = [lease.task for lease in leases if lease.task is not None]
+        tasks = [
+            task
+            for lease in leases
+            for task in (lease.task, lease.renewal, lease.rotating)
+            if task is not None
+        ]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -122,6 +132,21 @@ class LeaseTasks:
                 lease.lease_id, exc.message, lease.next_renew_at,
             )  # fmt: skip
 
+    def _start(self, lease: Lease, call: Awaitable[None]) -> asyncio.Task[None]:
+        """Run a renewal or rotation of `lease` beside its task; wake the task when it ends."""
+
+        async def run() -> None:
+            try:
+                await call
+            finally:
+                lease.wake()
+
+        return asyncio.create_task(run(), name=f"lease {lease.lease_id} call")
+
+    def _renew_in_background(self, lease: Lease) -> None:
+        if lease.renewal is None or lease.renewal.done():
+            lease.renewal = self._start(lease, self.renew_quietly(lease))
+
     async def revoke(self, lease: Lease, reason: str) -> None:
         """Revoke in Vault (one call per lease at a time). Raises on failure; the task retries."""
         if lease.done:
@@ -156,6 +181,10 @@ class LeaseTasks:
         """Move every stream of `old` to a fresh lease. `immediate`: old is already gone."""
         try:
             new = await self._obtain(old.identity, old.role)
+            if new.lost or new.done:  # it died on the way (Vault took longer than its TTL)
+                raise Unavailable(
+                    f"the new lease {new.lease_id} was gone before it could be used", retry_after=1
+                )
         except LatchkeyError as exc:
             self._telemetry.lease_rotations.labels(outcome="error").inc()
             old.rotate_failures += 1
@@ -225,6 +254,8 @@ class LeaseTasks:
         streams stay while the old credential may still work (its expiry); past that, with
         still no replacement, they end with the reason (and reconnect to ask again)."""
         if lease.streams:
+            if lease.rotating is not None and not lease.rotating.done():
+                return None  # a rotation started before the loss is under way; it wakes us
             due = lease.next_rotate_attempt
             if due is None or now >= due:
                 await self.rotate(lease, immediate=True)
@@ -266,8 +297,9 @@ class LeaseTasks:
             # Keep the previous credential alive through the overlap the streams were promised.
             if rules.needs_overlap_renewal(lease.times, rotation.revoke_at):
                 if now >= lease.next_renew_at:
-                    await self.renew_quietly(lease)
-                wakes.append(lease.next_renew_at)
+                    self._renew_in_background(lease)
+                elif lease.renewal is None or lease.renewal.done():
+                    wakes.append(lease.next_renew_at)
         if lease.unary and lease.unary_until is not None:
             wakes.append(lease.unary_until)
         return min(wakes)
@@ -283,18 +315,22 @@ class LeaseTasks:
         return min(due, lease.times.expires_at)
 
     async def _step_streamed(self, lease: Lease, now: datetime) -> datetime | None:
-        rotate_at = rules.rotate_at(lease.times, self._rules)
-        retry_at = lease.next_rotate_attempt
-        if now >= rotate_at and (retry_at is None or now >= retry_at):
-            await self.rotate(lease)
-            if lease.retired:
-                return now
-        if lease.times.renewable and now >= lease.next_renew_at:
-            await self.renew_quietly(lease)
         times = lease.times
-        wakes = [times.expires_at, times.deadline, max(rotate_at, lease.next_rotate_attempt or now)]
+        rotate_at = rules.rotate_at(times, self._rules)
+        wakes = [times.expires_at, times.deadline]
+        rotating = lease.rotating is not None and not lease.rotating.done()
+        if not rotating:
+            retry_at = lease.next_rotate_attempt
+            if now >= rotate_at and (retry_at is None or now >= retry_at):
+                lease.rotating = self._start(lease, self.rotate(lease))
+            else:
+                wakes.append(max(rotate_at, retry_at or now))
         if times.renewable:
-            wakes.append(lease.next_renew_at)
+            renewing = lease.renewal is not None and not lease.renewal.done()
+            if not renewing and now >= lease.next_renew_at:
+                self._renew_in_background(lease)
+            elif not renewing:
+                wakes.append(lease.next_renew_at)
         if lease.unary and lease.unary_until is not None:
             wakes.append(lease.unary_until)
         return min(wakes)

@@ -37,7 +37,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from datetime import datetime
 
 from latchkey_server.brokers import _lease_rules as rules
-from latchkey_server.brokers._lease_rules import LeaseRules
+from latchkey_server.brokers._lease_rules import LeaseRules, LeaseTimes
 from latchkey_server.brokers._lease_table import Lease, LeaseTable, no_such_lease
 from latchkey_server.brokers._lease_task import LeaseTasks
 from latchkey_server.brokers.journal import JournalRecord, LeaseJournal, NoJournal
@@ -54,7 +54,7 @@ from latchkey_server.models import (
     utcnow,
 )
 from latchkey_server.observability.telemetry import Telemetry
-from latchkey_server.upstreams.vault_port import VaultUpstream
+from latchkey_server.upstreams.vault_port import IssuedLease, VaultUpstream
 
 log = logging.getLogger("latchkey.brokers.leases")
 
@@ -366,10 +366,7 @@ class LeaseBroker:
                 "max TTL of role %r unknown (%s); learning it from renewals", role, exc.message
             )
             max_ttl = None
-        times = rules.issued(
-            started, issued.lease_duration, renewable=issued.renewable, max_ttl=max_ttl,
-            warnings=issued.warnings, token_deadline=self._vault.token_deadline(issued.lease_id),
-        )  # fmt: skip
+        times, renew_from, granted = await self._times(issued, started, max_ttl)
         lease = Lease(
             identity=identity,
             role=role,
@@ -378,7 +375,7 @@ class LeaseBroker:
             username=issued.username,
             password=issued.password,
             times=times,
-            next_renew_at=self._tasks.renew_at(started, issued.lease_duration),
+            next_renew_at=self._tasks.renew_at(renew_from, granted),
             unheld_since=self._now(),
         )
         try:
@@ -396,6 +393,29 @@ class LeaseBroker:
         self._tasks.start(lease)
         log.info("issued lease %s (role %r, ttl %ss)", lease.lease_id, role, int(times.ttl))
         return lease
+
+    async def _times(
+        self, issued: IssuedLease, started: datetime, max_ttl: float | None
+    ) -> tuple[LeaseTimes, datetime, float]:
+        """The new lease's times, and the renewal they were last confirmed by (when, granted)."""
+        times = rules.issued(
+            started, issued.lease_duration, renewable=issued.renewable, max_ttl=max_ttl,
+            warnings=issued.warnings, token_deadline=self._vault.token_deadline(issued.lease_id),
+        )  # fmt: skip
+        if not rules.expired(times, self._now()) or not times.renewable:
+            return times, started, issued.lease_duration
+        # Vault answered later than the TTL it granted (it was busy): counted from when Vault
+        # issued it, the lease may well be alive. A renewal tells, from now.
+        renewed_at = self._now()
+        try:
+            again = await self._vault.renew_lease(issued.lease_id)
+        except LatchkeyError:
+            return times, started, issued.lease_duration  # it is lost, and will be replaced
+        times = rules.renewed(
+            times, renewed_at, again.lease_duration, wanted=None, renewable=again.renewable,
+            warnings=again.warnings,
+        )  # fmt: skip
+        return times, renewed_at, again.lease_duration
 
     @staticmethod
     def _record(lease: Lease, token_accessor: str) -> JournalRecord:
