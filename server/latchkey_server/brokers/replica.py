@@ -70,6 +70,10 @@ class ReplicaConfig:
         return max(0.2, self.session_ttl / 3)
 
 
+START_PATIENCE = 30.0
+"""How long start waits for Consul to answer (an agent starting up, a blip) before failing."""
+
+
 def default_replica_id() -> str:
     """The host name (its first label), as a replica id."""
     return socket.gethostname().split(".", 1)[0] or "latchkey"
@@ -123,7 +127,7 @@ class Replica:
         """Take a session and the replica key (or fail: the id is in use by a live replica),
         then revoke what the previous incarnation journaled and start the keeper and reaper."""
         try:
-            self._session = await self._store.create_session(self._name(), self.config.session_ttl)
+            self._session = await self._first_session()
             await self._claim()
             _, previous = await self._store.read_tree(leases_prefix(self._id))
         except LatchkeyError as exc:
@@ -166,6 +170,18 @@ class Replica:
         left = len(self._records) + len(self._forget)
         if left:
             log.warning("replica %s stops with %d journaled lease(s) left", self._id, left)
+
+    async def _first_session(self) -> str:
+        """A session, waiting (bounded) for a Consul that is starting or out of reach."""
+        deadline = self._clock() + START_PATIENCE
+        while True:
+            try:
+                return await self._store.create_session(self._name(), self.config.session_ttl)
+            except Unavailable as exc:
+                if self._clock() >= deadline:
+                    raise
+                log.info("replica %s: waiting for Consul (%s)", self._id, exc.message)
+                await asyncio.sleep(1.0)  # Consul's agent registers itself, or comes back
 
     async def _end_session(self) -> None:
         session, self._session = self._session, None
