@@ -220,3 +220,24 @@ async def test_an_operator_force_revokes_a_lease_nobody_journaled(
             await stub.RevokeLease(revoke, metadata=gw.metadata("operator"))
     assert again.value.code() == grpc.StatusCode.NOT_FOUND
     assert "Vault knows no lease" in (again.value.details() or "")
+
+
+async def test_a_replica_rewrites_its_journal_when_consul_comes_back_empty(
+    gateway_process: GatewayFactory, private_consul: ConsulAgent, vault_server: Any,
+    postgres: Any,
+) -> None:  # fmt: skip
+    roles = _roles(vault_server, 2)
+    gw = gateway_process("rejournal", consul=private_consul)
+    creds = await _credentials(gw, roles)
+    expected = sorted(_journal(private_consul, _replica(gw)))
+    assert len(expected) == 3
+    await asyncio.to_thread(private_consul.restart)  # a -dev agent comes back with nothing
+    await eventually(
+        lambda: sorted(_journal(private_consul, _replica(gw))) == expected, within=WAIT,
+        what="the replica to take a new session and write its journal again",
+    )  # fmt: skip
+    assert "journal record(s) rewritten" in gw.log_text()
+    # It goes on brokering, journaled as before.
+    (more,) = await _credentials(gw, _roles(vault_server, 1))
+    assert any(key.endswith(more.lease_id) for key in _journal(private_consul, _replica(gw)))
+    assert await _logins(postgres, [*creds, more]) == [True] * 3

@@ -231,6 +231,7 @@ class Replica:
     async def _keep(self) -> None:
         """Renew the session; take a new one (and the key, and rewrite the journal) when
         Consul lost it."""
+        failing = False
         while not self._closed:
             await asyncio.sleep(self.config.renew_interval)  # the session's renewal period
             try:
@@ -238,8 +239,14 @@ class Replica:
                 if session is None or not await self._store.renew_session(session):
                     await self._reestablish()
             except LatchkeyError as exc:
-                log.warning("replica %s: keeping the Consul session failed: %s", self._id,
-                            exc.message)  # fmt: skip
+                if not failing:  # once per outage, not once per renewal period
+                    log.warning("replica %s: keeping the Consul session failed (retrying): %s",
+                                self._id, exc.message)  # fmt: skip
+                failing = True
+            else:
+                if failing:
+                    log.warning("replica %s: its Consul session is kept again", self._id)
+                failing = False
 
     async def _reestablish(self) -> None:
         if self._holding:
