@@ -38,7 +38,7 @@ from datetime import datetime
 
 from latchkey_server.brokers import _lease_rules as rules
 from latchkey_server.brokers._lease_rules import LeaseRules, LeaseTimes
-from latchkey_server.brokers._lease_table import Lease, LeaseTable, no_such_lease
+from latchkey_server.brokers._lease_table import Key, Lease, LeaseTable, no_such_lease
 from latchkey_server.brokers._lease_task import LeaseTasks
 from latchkey_server.brokers.journal import JournalRecord, LeaseJournal, NoJournal
 from latchkey_server.brokers.singleflight import SingleFlight
@@ -59,8 +59,6 @@ from latchkey_server.upstreams.vault_port import IssuedLease, VaultUpstream
 log = logging.getLogger("latchkey.brokers.leases")
 
 __all__ = ["LeaseBroker", "no_such_lease"]
-
-Key = tuple[str, str]
 
 
 class LeaseBroker:
