@@ -50,6 +50,7 @@ def gateway_overrides(quick: bool) -> dict[str, Any]:
         "log_level": "WARNING",
         "limits": {"requests_per_second": 0, "max_streams_per_identity": 1_000_000},
         "leases": {"grace": 10.0},
+        "replica": {"id": "bench", "session_ttl": 3.0, "reap_grace": 2.0},
     }
 
 

@@ -26,6 +26,7 @@ from latchkey_server.brokers.config_hub import ConfigHub
 from latchkey_server.brokers.consul_watch import WatchSettings
 from latchkey_server.brokers.discovery_hub import DiscoveryHub
 from latchkey_server.brokers.leases import LeaseBroker
+from latchkey_server.brokers.replica import Replica, ReplicaConfig, default_replica_id
 from latchkey_server.brokers.secret_cache import SecretCache
 from latchkey_server.config import Settings
 from latchkey_server.errors import InvalidArgument
@@ -34,6 +35,7 @@ from latchkey_server.observability.collector import GatewayCollector
 from latchkey_server.observability.telemetry import Telemetry
 from latchkey_server.transport.flow import FlowLimits
 from latchkey_server.transport.grpc_server import GrpcConfig, GrpcServer, Sources, TlsMaterial
+from latchkey_server.upstreams._consul_sessions import ConsulSessions
 from latchkey_server.upstreams.consul import ConsulAdapter, ConsulConfig
 from latchkey_server.upstreams.vault import VaultAdapter
 
@@ -50,6 +52,7 @@ class Components:
     policies: PolicyStore | None
     vault: VaultAdapter
     consul: ConsulAdapter
+    replica: Replica
     leases: LeaseBroker
     secrets: SecretCache
     config: ConfigHub
@@ -93,6 +96,16 @@ def consul_config(settings: Settings) -> ConsulConfig:
         default_wait=consul.wait,
         requests_per_second=consul.requests_per_second,
         burst=consul.burst,
+    )
+
+
+def replica_config(settings: Settings) -> ReplicaConfig:
+    replica = settings.replica
+    return ReplicaConfig(
+        id=replica.id or default_replica_id(),
+        session_ttl=replica.session_ttl,
+        reap_grace=replica.reap_grace,
+        address=settings.listen,
     )
 
 
@@ -151,6 +164,7 @@ def build(settings: Settings, *, authorizer: Authorizer | None = None) -> Compon
     vault = VaultAdapter.from_settings(settings.vault, telemetry=telemetry)
     consul = ConsulAdapter(consul_config(settings), telemetry=telemetry)
     watch = watch_settings(settings)
+    replica = Replica(replica_config(settings), ConsulSessions(consul), vault)
     leases = LeaseBroker(
         vault,
         mount=settings.vault.database_mount,
@@ -159,6 +173,7 @@ def build(settings: Settings, *, authorizer: Authorizer | None = None) -> Compon
         unheld_grace=settings.leases.unheld_grace,
         heartbeat_interval=settings.heartbeat_interval,
         telemetry=telemetry,
+        journal=replica,
     )
     secrets = SecretCache(
         vault,
@@ -225,6 +240,7 @@ def build(settings: Settings, *, authorizer: Authorizer | None = None) -> Compon
         policies=policies,
         vault=vault,
         consul=consul,
+        replica=replica,
         leases=leases,
         secrets=secrets,
         config=config,

@@ -140,6 +140,19 @@ class LeaseSettings(_Section):
     """Revoke a lease this long after its last holder let go."""
 
 
+class ReplicaSettings(_Section):
+    id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    """This gateway's replica id: stable across restarts, unique among live replicas (a second
+    one with the same id refuses to start). Default: the host name."""
+    session_ttl: float = Field(default=10.0, ge=1, le=86400)
+    """TTL of the replica's Consul session, seconds; Consul invalidates it up to twice this
+    after the replica stops renewing it. Below 10 s needs the Consul servers' session_ttl_min
+    lowered."""
+    reap_grace: float = Field(default=5.0, ge=0)
+    """How long a replica whose session died has to come back before another replica's reaper
+    revokes the leases it journaled."""
+
+
 class CacheSettings(_Section):
     secret_ttl: float = Field(default=30.0, ge=0)
     """How long a KV secret is served from cache."""
@@ -235,6 +248,7 @@ class Settings(BaseSettings):
     vault: VaultSettings
     consul: ConsulSettings = Field(default_factory=ConsulSettings)
     leases: LeaseSettings = Field(default_factory=LeaseSettings)
+    replica: ReplicaSettings = Field(default_factory=ReplicaSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     tls: TlsSettings = Field(default_factory=TlsSettings)

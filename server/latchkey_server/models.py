@@ -28,6 +28,9 @@ class Freshness:
     """True when served from cache because the upstream is unreachable."""
     reachable: bool = True
     """Whether the upstream answered the most recent request."""
+    refused: bool = False
+    """The upstream answers but refuses the gateway (e.g. Vault restarted without the gateway's
+    auth method): what the gateway holds from it may be gone."""
 
     def age_seconds(self, now: datetime | None = None) -> float:
         if self.confirmed_at is None:
@@ -136,6 +139,8 @@ class LeaseInfo:
     max_ttl_deadline: datetime
     holders: int
     renewable: bool
+    replica: str = ""
+    """The replica (gateway) holding the lease, as journaled in Consul."""
 
 
 # ---------------------------------------------------------------- Consul KV

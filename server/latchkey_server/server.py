@@ -11,7 +11,8 @@ Shutdown order (`shutdown()`):
 2. the brokers drain: every open stream ends with UNAVAILABLE, a `retry-after` and a message
    naming the reason, and new streams are refused the same way;
 3. the gRPC server stops, in-flight unary calls get `shutdown_grace` seconds;
-4. the lease broker revokes every lease it holds;
+4. the lease broker revokes every lease it holds; the replica removes their journal records,
+   gives back its replica key and ends its Consul session;
 5. the upstream adapters close (and the audit log, and the metrics listener).
 """
 
@@ -136,6 +137,7 @@ class Gateway:
         """Build and start every component, then the gRPC server; return the bound port."""
         c = self._components = build(self.settings, authorizer=self._authorizer)
         self.started_at = c.started_at
+        await c.replica.start()  # the lease journal first: no credential leaves without it
         for broker in c.brokers:
             await broker.start()
         self.port = await c.grpc.start()
@@ -223,6 +225,7 @@ class Gateway:
             await c.leases.drain(drain)
             await c.grpc.stop(self.settings.shutdown_grace)
             await c.leases.close()
+            await c.replica.close()
             await c.consul.close()
             await c.vault.close()
             c.audit.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -388,6 +388,80 @@ async def test_failed_rotation_is_retried(vault: FakeVault, make_broker: Any) ->
         rotation = await next_of(stream, CredentialRotation)
         assert vault.valid(rotation.credential.lease_id)
         assert vault.issue_calls == 3
+
+
+async def test_a_refusing_vault_is_told_at_once_then_a_new_credential_follows(
+    vault: FakeVault, make_broker: Any
+) -> None:
+    broker = make_broker(heartbeat_interval=30.0)
+    async with aclosing(broker.watch("alice", "app")) as stream:
+        old = (await next_event(stream)).credential.lease_id
+        # Vault lost the gateway's token (an empty restart): it refuses, the lease is gone.
+        vault.set_refused(True)
+        beat = await next_of(stream, CredentialHeartbeat)
+        assert beat.freshness.stale
+        assert beat.freshness.refused
+        vault.lose(old)
+        vault.announce_token_deadline([old], datetime.now(UTC) - timedelta(seconds=1))
+        revoked = await next_of(stream, CredentialRevoked)
+        assert revoked.lease_id == old
+        assert "token" in revoked.reason
+        vault.set_refused(False)  # the operator provisioned Vault again
+        beat = await next_of(stream, CredentialHeartbeat)
+        assert not beat.freshness.stale
+        rotation = await next_of(stream, CredentialRotation)
+        assert rotation.previous_lease_id == old
+        assert vault.valid(rotation.credential.lease_id)
+
+
+async def test_a_stream_with_no_credential_left_ends_with_the_reason(
+    vault: FakeVault, make_broker: Any
+) -> None:
+    vault.roles["app"] = FakeRole(default_ttl=0.6, max_ttl=60.0)
+    broker = make_broker()
+    stream = broker.watch("alice", "app")
+    await next_event(stream)
+    vault.set_refused(True)  # renewals and new credentials are refused from now on
+    with pytest.raises(Unavailable, match="no new one could be obtained") as ended:
+        async with asyncio.timeout(WAIT):
+            async for _ in stream:
+                pass
+    assert "refused" in ended.value.message
+    assert ended.value.retry_after
+    await until(lambda: broker.list() == [])
+
+
+async def test_an_operator_revokes_a_lease_this_gateway_does_not_hold(
+    vault: FakeVault, make_broker: Any
+) -> None:
+    holder, other = make_broker(), make_broker()
+    cred = await holder.acquire("alice", "app")
+    with pytest.raises(NotFound):  # without force, only the caller's own leases
+        await other.release("alice", cred.lease_id)
+    assert await other.release("operator", cred.lease_id, force=True) is True
+    assert not vault.valid(cred.lease_id)
+    with pytest.raises(NotFound, match="Vault knows no lease"):
+        await other.release("operator", cred.lease_id, force=True)
+
+
+async def test_a_lease_that_arrives_after_its_ttl_is_renewed_not_thrown_away(
+    vault: FakeVault, make_broker: Any
+) -> None:
+    """Vault busy (revoking a burst of expired leases) answers a creds call after the TTL it
+    granted has passed by the broker's clock, which starts before the request: the lease is
+    alive in Vault (it counts from when it issued it), so the broker renews it and uses it."""
+    vault.roles["app"] = FakeRole(default_ttl=5.0, max_ttl=60.0)
+    skew = [0.0]
+    broker = make_broker(clock=lambda: datetime.now(UTC) + timedelta(seconds=skew[0]))
+    vault.issue_gate = asyncio.Event()
+    acquiring = asyncio.create_task(broker.acquire("alice", "app"))
+    await until(lambda: vault.issue_calls == 1)
+    skew[0] = 6.0  # by the broker's clock the call took longer than the lease's 5 s TTL
+    vault.issue_gate.set()
+    cred = await acquiring
+    assert cred.lease_id in vault.renew_calls
+    assert vault.valid(cred.lease_id)
+    assert [i.lease_id for i in broker.list()] == [cred.lease_id]
 
 
 # ---------------------------------------------------------------- re-attach and shutdown

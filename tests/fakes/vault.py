@@ -16,12 +16,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from latchkey_server.errors import FailedPrecondition, LatchkeyError, NotFound, Unavailable
+from latchkey_server.errors import (
+    FailedPrecondition,
+    LatchkeyError,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from latchkey_server.models import KvSecret
 from latchkey_server.upstreams.vault_port import (
     IssuedLease,
-    ReachabilityListener,
     RenewedLease,
+    StateListener,
     TokenDeadlineListener,
     VaultUpstream,
 )
@@ -62,7 +68,9 @@ class FakeVault:
         self._last_contact: datetime | None = None
         self._ids = itertools.count(1)
         self._deadline_listeners: list[TokenDeadlineListener] = []
-        self._reach_listeners: list[ReachabilityListener] = []
+        self._state_listeners: list[StateListener] = []
+        self._refused = False
+        self.token_deadlines: dict[str, datetime] = {}
         self.revoked_event: dict[str, asyncio.Event] = {}
 
     # ------------------------------------------------------------ test hooks
@@ -70,8 +78,15 @@ class FakeVault:
     def set_reachable(self, reachable: bool) -> None:
         if reachable != self._reachable:
             self._reachable = reachable
-            for listener in list(self._reach_listeners):
-                listener(reachable)
+            for listener in list(self._state_listeners):
+                listener()
+
+    def set_refused(self, refused: bool) -> None:
+        """Vault answers but refuses the gateway (as after an empty restart): issuing fails."""
+        if refused != self._refused:
+            self._refused = refused
+            for listener in list(self._state_listeners):
+                listener()
 
     def fail_next(self, op: str, error: LatchkeyError) -> None:
         """Make the next call of `op` (issue, renew, revoke, read_kv) raise `error`."""
@@ -87,8 +102,10 @@ class FakeVault:
         self.leases[lease_id].revoked = True
 
     def announce_token_deadline(self, lease_ids: Sequence[str], when: datetime) -> None:
+        for lease_id in lease_ids:
+            self.token_deadlines[lease_id] = when
         for listener in list(self._deadline_listeners):
-            listener(lease_ids, when)
+            listener(lease_ids)
 
     async def wait_revoked(self, lease_id: str, within: float = 15.0) -> None:
         event = self.revoked_event.setdefault(lease_id, asyncio.Event())
@@ -101,6 +118,8 @@ class FakeVault:
     def _check(self, op: str) -> None:
         if not self._reachable:
             raise Unavailable("Vault cannot be reached", retry_after=0.1)
+        if self._refused:
+            raise PermissionDenied("Vault refused to let the gateway log in")
         error = self.failures.pop(op, None)
         if error is not None:
             raise error
@@ -111,6 +130,10 @@ class FakeVault:
     @property
     def reachable(self) -> bool:
         return self._reachable
+
+    @property
+    def refused(self) -> bool:
+        return self._refused
 
     @property
     def last_contact(self) -> datetime | None:
@@ -180,6 +203,14 @@ class FakeVault:
             lease.revoked = True
         self.revoked_event.setdefault(lease_id, asyncio.Event()).set()
 
+    async def lookup_lease(self, lease_id: str) -> None:
+        self._check("lookup")
+        if not self.valid(lease_id):
+            raise NotFound(f"Vault knows no lease {lease_id}")
+
+    def token_deadline(self, lease_id: str) -> datetime | None:
+        return self.token_deadlines.get(lease_id)
+
     async def role_max_ttl(self, mount: str, role: str) -> float | None:
         self._check("role_max_ttl")
         spec = self.roles.get(role)
@@ -189,9 +220,9 @@ class FakeVault:
         self._deadline_listeners.append(listener)
         return lambda: self._remove(self._deadline_listeners, listener)
 
-    def add_reachability_listener(self, listener: ReachabilityListener) -> Callable[[], None]:
-        self._reach_listeners.append(listener)
-        return lambda: self._remove(self._reach_listeners, listener)
+    def add_state_listener(self, listener: StateListener) -> Callable[[], None]:
+        self._state_listeners.append(listener)
+        return lambda: self._remove(self._state_listeners, listener)
 
     @staticmethod
     def _remove(items: list[Any], item: object) -> None:

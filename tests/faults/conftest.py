@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from latchkey_server.devstack.consul import ConsulAgent
 from latchkey_server.devstack.process import ComponentError
 from tests.faults.process import GatewayProcess
 from tests.fixtures.components import register_component, unregister_component
+from tests.fixtures.gateway import TEST_REPLICA
 
 GatewayFactory = Callable[..., GatewayProcess]
 
@@ -67,6 +69,7 @@ def gateway_process(
             },
             "consul": {"addr": (consul or consul_agent).http_addr, "wait": 20},
             "leases": {"grace": 3.0, "unheld_grace": 0.5},
+            "replica": {"id": f"{name}-{secrets.token_hex(3)}", **TEST_REPLICA},
             "auth": {
                 "tokens_file": str(demo_env["tokens_file"]),
                 "policies_dir": str(demo_env["policies_dir"]),

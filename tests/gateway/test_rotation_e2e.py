@@ -34,19 +34,22 @@ class QueryLoop:
 
     dsn_for: dict[str, str] = field(default_factory=dict)
     current: str = ""
+    done_with: str = ""
+    """The credential of the last query that finished (queries run one at a time)."""
     ok: int = 0
     failures: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
         while not self.stop.is_set():
-            dsn = self.dsn_for[self.current]
+            lease_id = self.current
             try:
-                with psycopg.connect(dsn, connect_timeout=5) as conn:
+                with psycopg.connect(self.dsn_for[lease_id], connect_timeout=5) as conn:
                     conn.execute("SELECT count(*) FROM items").fetchone()
                 self.ok += 1
             except psycopg.Error as exc:
                 self.failures.append(type(exc).__name__)
+            self.done_with = lease_id
 
 
 async def test_three_rotations_with_zero_failed_queries(
@@ -84,6 +87,10 @@ async def test_three_rotations_with_zero_failed_queries(
                 new.username, new.password, "demo"
             )
             loop.current = new.lease_id
+            # Acknowledge once no query with the old credential is in flight (as a pool does).
+            await eventually(
+                lambda n=new.lease_id: loop.done_with == n, what="a query with the new credential"
+            )
             await stubs.secrets.AckRotation(
                 secrets_pb2.AckRotationRequest(
                     watch_id=event.watch_id, rotation_id=rot.rotation_id

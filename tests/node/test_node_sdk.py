@@ -27,7 +27,7 @@ from latchkey_server.access.certs import init_ca, issue_client, issue_server
 from latchkey_server.devstack.consul import ConsulAgent
 from latchkey_server.devstack.postgres import PostgresCluster
 from latchkey_server.devstack.seed import READONLY_CREATION, seed_consul
-from tests.fixtures.gateway import GatewayHandle
+from tests.fixtures.gateway import TEST_REPLICA, GatewayHandle
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_DIR = REPO / "clients" / "node"
@@ -73,6 +73,7 @@ def _gateway_config(
         },
         "consul": {"addr": consul_agent.http_addr, "wait": 20},
         "leases": {"grace": 3.0, "unheld_grace": 0.5},
+        "replica": TEST_REPLICA,  # helpers.ts gives each gateway an id of its own
         "cache": {"secret_ttl": 2.0, "negative_ttl": 0.5, "stale_limit": 120.0},
         "auth": {
             "tokens_file": str(demo_env["tokens_file"]),

@@ -7,6 +7,7 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy
 from psycopg.conninfo import conninfo_to_dict
@@ -86,6 +87,48 @@ async def test_psycopg_pool_three_rotations_zero_failed_queries(
     assert len(set(leases)) == 3
     assert load.ok > 0
     assert load.failures == []
+
+
+@dataclass
+class Switchable:
+    """Stands in for `RotatingCredentials` where a test needs to say which one is current."""
+
+    current: latchkey.DatabaseCredentials
+    callbacks: list[Callable[[latchkey.DatabaseCredentials], None]] = field(default_factory=list)
+
+    def on_rotate(self, callback: Callable[[latchkey.DatabaseCredentials], None]) -> None:
+        self.callbacks.append(callback)
+
+
+def stale_connection_run(gateway: GatewayHandle, role: str) -> tuple[str, str, str]:
+    """A connection the pool opened with a credential that was rotated meanwhile (its connect
+    began before the rotation and ended after the pool was drained) must not stay in the pool:
+    it is closed and replaced, and the rotation's retirement wait does not hang on it."""
+    with sync_client(gateway) as one, sync_client(gateway, "other") as two:
+        old, new = one.database.credentials(role), two.database.credentials(role)
+    creds = Switchable(old)
+    base = gateway.postgres.dsn_for("placeholder", "placeholder", "demo")
+    with lk_psycopg.pool(creds, base, size=1, retire_timeout=10, open=True) as pool:  # type: ignore[arg-type]
+        pool.wait(timeout=30)
+        creds.current = new  # the pool's one connection now carries a rotated credential
+        with pool.connection(timeout=10) as conn:
+            user = conn.info.user
+        retired = threading.Event()
+        threading.Thread(
+            target=lambda: (creds.callbacks[0](new), retired.set()), daemon=True
+        ).start()
+        assert retired.wait(30), "the rotation hook did not return"
+        with pool.connection(timeout=10) as conn:
+            after = conn.info.user
+    return user, after, new.username
+
+
+async def test_psycopg_pool_replaces_a_connection_with_a_rotated_credential(
+    gateway: GatewayHandle, caplog: Any
+) -> None:
+    user, after, expected = await asyncio.to_thread(stale_connection_run, gateway, "demo-readonly")
+    assert user == after == expected
+    assert "still open" not in caplog.text
 
 
 def sqlalchemy_run(gateway: GatewayHandle, role: str) -> Load:

@@ -273,7 +273,7 @@ async def test_transient_errors_are_retried_for_idempotent_calls(
 async def test_retries_give_up_with_unavailable(stub: StubVault, make_adapter: Any) -> None:
     adapter = make_adapter(retry_attempts=2)
     changes: list[bool] = []
-    adapter.add_reachability_listener(changes.append)
+    adapter.add_state_listener(lambda: changes.append(adapter.reachable))
     await adapter.read_kv("secret", "app")
     stub.reply("read_kv", *[requests.exceptions.ConnectionError()] * 2)
     with pytest.raises(Unavailable) as info:
@@ -410,7 +410,7 @@ async def test_a_token_that_cannot_be_renewed_is_replaced_before_it_dies(
     stub.login_ttl, stub.login_renewable = 1, False
     adapter = make_adapter(login_auth("jwt", "jwt-value"), token_renew_fraction=0.3)
     deadlines: list[Any] = []
-    adapter.add_token_deadline_listener(lambda ids, when: deadlines.append(tuple(ids)))
+    adapter.add_token_deadline_listener(lambda ids: deadlines.append(tuple(ids)))
     stub.reply("renew_self", hvac_exc.InvalidRequest(errors=["lease is not renewable"]))
     await adapter.issue_credentials("database", "app")
     first = adapter._current
@@ -467,11 +467,11 @@ async def test_leases_are_renewed_and_revoked_with_their_own_token(
     await adapter.renew_lease("database/creds/app/L1", None)
     assert used == [{"lease_id": "database/creds/app/L1", "increment": None}]
     deadlines: list[Any] = []
-    adapter.add_token_deadline_listener(lambda ids, when: deadlines.append((tuple(ids), when)))
+    adapter.add_token_deadline_listener(lambda ids: deadlines.append(tuple(ids)))
     first.hard_deadline = first.expires_at
     adapter._notify_deadline(first)
-    assert deadlines
-    assert deadlines[0][0] == ("database/creds/app/L1",)
+    assert deadlines == [("database/creds/app/L1",)]
+    assert adapter.token_deadline("database/creds/app/L1") == first.deadline()
     await adapter.revoke_lease("database/creds/app/L1")
     await asyncio.wait_for(_until(lambda: adapter.token_count == 1), 10)
     assert "revoke_self" in stub.calls, "the old token is revoked once its leases are gone"

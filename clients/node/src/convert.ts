@@ -11,6 +11,7 @@ import * as m from "./models.js";
 const UPSTREAM: ReadonlyMap<UpstreamState, m.UpstreamState> = new Map([
   [UpstreamState.UPSTREAM_STATE_CONNECTED, "connected"],
   [UpstreamState.UPSTREAM_STATE_UNREACHABLE, "unreachable"],
+  [UpstreamState.UPSTREAM_STATE_REFUSED, "refused"],
 ]);
 const HEALTH: ReadonlyMap<discoveryPb.HealthStatus, m.HealthStatus> = new Map([
   [discoveryPb.HealthStatus.HEALTH_STATUS_PASSING, "passing"],
@@ -89,6 +90,7 @@ export function leaseInfo(x: secretsPb.LeaseInfo): m.LeaseInfo {
     issuedAt: date(x.issuedAt),
     holders: x.holders,
     renewable: x.renewable,
+    replica: x.replica,
   };
 }
 

@@ -1,7 +1,7 @@
 /** The values the SDK hands to applications: plain objects and a few classes, never protobuf. */
 
 /** Reachability of an upstream (Vault or Consul) as the gateway sees it. */
-export type UpstreamState = "connected" | "unreachable" | "unknown";
+export type UpstreamState = "connected" | "unreachable" | "refused" | "unknown";
 
 /** How fresh a piece of data is. */
 export interface Freshness {
@@ -109,9 +109,11 @@ export interface LeaseInfo {
   readonly expiresAt: Date | null;
   readonly maxTtlDeadline: Date | null;
   readonly issuedAt: Date | null;
-  /** Open holds (streams and unary callers). */
+  /** Open holds (streams and unary callers); 0 for another replica's lease. */
   readonly holders: number;
   readonly renewable: boolean;
+  /** The gateway replica whose journal holds the lease. */
+  readonly replica: string;
 }
 
 /** One Consul KV entry. */

@@ -190,6 +190,7 @@ export class GatewayProcess {
     const config = JSON.parse(readFileSync(need("LATCHKEY_TEST_GATEWAY_CONFIG"), "utf8"));
     config.listen = `127.0.0.1:${port}`;
     config.audit = { sink: join(dir, "audit.log") };
+    config.replica = { ...config.replica, id: `node-gw-${port}` }; // replicas on one Consul need their own ids
     if (options.graceSeconds !== undefined) config.leases.grace = options.graceSeconds;
     if (options.vaultAddr !== undefined) config.vault.addr = options.vaultAddr;
     if (options.consulAddr !== undefined) config.consul.addr = options.consulAddr;

@@ -6,17 +6,25 @@ cancelled), every unary `acquire` is a hold that lasts until the lease's expiry 
 (`renew` extends it) or until `release`. Concurrent identical requests issue exactly one Vault
 `creds` call. A lease nobody holds is revoked after `unheld_grace`.
 
-Each lease has one task (`_run`) that takes every time-based decision for it: renewing while
-streams hold it, rotating before its hard deadline (max TTL, or the end of the Vault token that
-owns it), revoking the previous lease of a rotation once every stream acknowledged or at the
-grace deadline, revoking it when unheld, and noticing when Vault lost it.
+Reading order: `acquire` / `watch` → `_obtain` (share a valid lease, or issue one, once per key
+at a time) → `_issue` (Vault issues it, the journal records it, then the table takes it and its
+task starts). From then on the lease's own task (`_lease_task.py`) renews, rotates and revokes
+it by the timing rules of `_lease_rules.py` (pure functions of the lease's times and `now`);
+the table (`_lease_table.py`) holds every lease, stream and rotation and is the only code that
+changes them.
 
 Rotation: a new credential is obtained before the old one can no longer be renewed; every
 stream on the old lease gets a `CredentialRotation` (new credential, rotation id, previous lease
 id, previous_revoke_at) and its hold moves to the new lease. Both credentials work during the
 overlap. The old lease is revoked when all those streams called `ack`, or at previous_revoke_at,
 whichever comes first, but not while unary holders still hold it; then the streams hear
-`CredentialRevoked` for it.
+`CredentialRevoked` for it. A lease Vault lost (expired, its token gone) is replaced the same
+way as soon as Vault issues another; until then its streams are told the truth (revoked, and
+heartbeats with the upstream's state), and they end with UNAVAILABLE if the old credential
+expires before a new one comes.
+
+The journal (`journal.py`) records every lease in Consul before its credential leaves the
+gateway, so that a gateway that dies leaves nothing behind for long.
 """
 
 from __future__ import annotations
@@ -25,18 +33,16 @@ import asyncio
 import builtins
 import contextlib
 import logging
-import uuid
 from collections.abc import AsyncGenerator, Callable, Sequence
 from datetime import datetime
 
-from latchkey_server.brokers._lease_engine import LeaseEngine
-from latchkey_server.brokers._lease_state import Lease, Watch
-from latchkey_server.errors import (
-    InvalidArgument,
-    LatchkeyError,
-    NotFound,
-    Unavailable,
-)
+from latchkey_server.brokers import _lease_rules as rules
+from latchkey_server.brokers._lease_rules import LeaseRules, LeaseTimes
+from latchkey_server.brokers._lease_table import Key, Lease, LeaseTable, no_such_lease
+from latchkey_server.brokers._lease_task import LeaseTasks
+from latchkey_server.brokers.journal import JournalRecord, LeaseJournal, NoJournal
+from latchkey_server.brokers.singleflight import SingleFlight
+from latchkey_server.errors import InvalidArgument, LatchkeyError, NotFound, Unavailable
 from latchkey_server.models import (
     Credential,
     CredentialEvent,
@@ -48,17 +54,14 @@ from latchkey_server.models import (
     utcnow,
 )
 from latchkey_server.observability.telemetry import Telemetry
-from latchkey_server.upstreams.vault_port import VaultUpstream
+from latchkey_server.upstreams.vault_port import IssuedLease, VaultUpstream
 
 log = logging.getLogger("latchkey.brokers.leases")
 
-
-def no_such_lease(lease_id: str) -> str:
-    """The one message for a lease the caller may not act on (missing, or someone else's)."""
-    return f"no lease {lease_id} held by the gateway for this caller"
+__all__ = ["LeaseBroker", "no_such_lease"]
 
 
-class LeaseBroker(LeaseEngine):
+class LeaseBroker:
     def __init__(
         self,
         vault: VaultUpstream,
@@ -76,14 +79,15 @@ class LeaseBroker(LeaseEngine):
         close_upstream: bool = False,
         clock: Callable[[], datetime] = utcnow,
         telemetry: Telemetry | None = None,
+        journal: LeaseJournal | None = None,
     ) -> None:
         """Args:
         vault: the Vault upstream.
         mount: mount of the database secrets engine.
         renew_fraction: renew a streamed lease when this fraction of its TTL has passed.
         jitter: random spread (fraction) applied to renewal times.
-        rotate_before: seconds before a lease's hard deadline to rotate it; None: a third of
-            the lease's TTL, at least `min_rotate_before` (never more than half its lifetime).
+        rotate_before: seconds before a lease's hard deadline to rotate it; None: the default
+            window of `_lease_rules.rotate_window`.
         grace: longest time the previous lease of a rotation outlives the rotation unacked.
         unheld_grace: revoke a lease this long after its last holder let go.
         heartbeat_interval: seconds between heartbeats on every stream.
@@ -91,36 +95,45 @@ class LeaseBroker(LeaseEngine):
         close_upstream: `close()` also closes the upstream (when the broker owns it).
         clock: the time source (UTC datetimes).
         telemetry: where renewal and rotation counts go (metrics).
+        journal: where leases are recorded before their credentials leave (None: nowhere).
         """
         if not 0 < renew_fraction < 1:
             raise InvalidArgument("renew_fraction must be between 0 and 1")
         if heartbeat_interval <= 0:
             raise InvalidArgument("heartbeat_interval must be positive")
-        super().__init__(
-            vault,
-            mount=mount,
+        self._vault = vault
+        self._mount = mount
+        self._now = clock
+        self._rules = LeaseRules(
             renew_fraction=renew_fraction,
             jitter=jitter,
             rotate_before=rotate_before,
             min_rotate_before=min_rotate_before,
-            grace=grace,
-            unheld_grace=unheld_grace,
-            retry=(retry_delay, retry_max_delay),
-            clock=clock,
-            telemetry=telemetry,
+            grace=max(0.0, grace),
+            unheld_grace=max(0.0, unheld_grace),
+            retry_delay=retry_delay,
+            retry_max_delay=retry_max_delay,
         )
+        self._journal: LeaseJournal = journal or NoJournal()
+        self._table = LeaseTable()
+        self._tasks = LeaseTasks(
+            self._table, vault, self._rules, journal=self._journal, obtain=self._obtain,
+            clock=clock, telemetry=telemetry or Telemetry(),
+        )  # fmt: skip
+        self._flight: SingleFlight[Key, Lease] = SingleFlight()
         self._heartbeat_interval = heartbeat_interval
         self._close_upstream = close_upstream
         self._unsubscribe: builtins.list[Callable[[], None]] = []
         self._started = False
+        self._closed = False
         self._draining: LatchkeyError | None = None
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        self._ensure_started()
+        self._check_open()
 
-    def _ensure_started(self) -> None:
+    def _check_open(self) -> None:
         if self._draining is not None:
             raise self._draining
         if self._closed:
@@ -129,14 +142,14 @@ class LeaseBroker(LeaseEngine):
             self._started = True
             self._unsubscribe = [
                 self._vault.add_token_deadline_listener(self._on_token_deadline),
-                self._vault.add_reachability_listener(self._on_reachability),
+                self._vault.add_state_listener(self._on_state),
             ]
 
     async def drain(self, error: LatchkeyError) -> None:
         """First step of a shutdown: end every credential stream with `error` (its holds are
         released; leases are revoked later, by `close`) and refuse new requests with it."""
         self._draining = error
-        for watch in builtins.list(self._watches.values()):
+        for watch in builtins.list(self._table.watches.values()):
             watch.end(error)
 
     async def close(self) -> None:
@@ -147,19 +160,19 @@ class LeaseBroker(LeaseEngine):
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         await self._flight.cancel_all()
-        leases = builtins.list(self._leases.values())
-        tasks = [lease.task for lease in leases if lease.task is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        leases = builtins.list(self._table.leases.values())
+        await self._tasks.stop(leases)
         results = await asyncio.gather(
             *(self._revoke_on_close(lease) for lease in leases if not lease.done),
             return_exceptions=True,
         )
         failed = sum(1 for r in results if isinstance(r, BaseException))
         if failed:
-            log.warning("shutdown: %d lease(s) could not be revoked; Vault expires them", failed)
-        for watch in builtins.list(self._watches.values()):
+            log.warning(
+                "shutdown: %d lease(s) could not be revoked; they stay in the journal for the "
+                "next start (or another replica) to revoke, else Vault expires them", failed
+            )  # fmt: skip
+        for watch in builtins.list(self._table.watches.values()):
             watch.end()
         if self._close_upstream:
             close = getattr(self._vault, "close", None)
@@ -170,13 +183,11 @@ class LeaseBroker(LeaseEngine):
         try:
             if not lease.lost:
                 await self._vault.revoke_lease(lease.lease_id)
+            self._journal.forget(lease.lease_id)
         finally:
             lease.revoked_at = self._now()
-            self._tell_revoked(lease, "the gateway is shutting down")
-            self._finish(lease)
-
-    def _check_open(self) -> None:
-        self._ensure_started()
+            self._table.tell_revoked(lease, "the gateway is shutting down")
+            self._table.finish(lease, self._now())
 
     # ------------------------------------------------------------ public API
 
@@ -185,24 +196,24 @@ class LeaseBroker(LeaseEngine):
         self._check_open()
         for _ in range(3):
             lease = await self._obtain(identity, role)
-            self._hold_unary(lease)
-            remaining = (lease.expires_at - self._now()).total_seconds()
-            if not lease.credential.renewable or remaining >= (1 - self._renew_fraction) * (
-                lease.base_ttl
+            self._table.hold_unary(lease)
+            remaining = rules.seconds_between(self._now(), lease.times.expires_at)
+            if not lease.times.renewable or remaining >= (1 - self._rules.renew_fraction) * (
+                lease.times.ttl
             ):
-                return lease.credential
+                return lease.credential()
             try:  # near its expiry: give the caller a full TTL
-                await self._renew(lease, None)
-            except NotFound:
-                lease.unary = max(0, lease.unary - 1)
-                self._lose(lease, "the lease no longer exists in Vault")
+                await self._tasks.renew(lease, None)
+            except NotFound as exc:
+                self._table.drop_unary(lease)
+                self._tasks.lose(lease, exc.message)
                 continue
             except LatchkeyError as exc:
                 log.info(
                     "renewing lease %s for a new holder failed: %s", lease.lease_id, exc.message
                 )
-            self._hold_unary(lease, extra=False)
-            return lease.credential
+            self._table.hold_unary(lease, extra=False)
+            return lease.credential()
         raise Unavailable(f"could not obtain a credential for role {role!r}", retry_after=1.0)
 
     async def watch(
@@ -212,14 +223,15 @@ class LeaseBroker(LeaseEngine):
         and heartbeats. Holding the iterator open is a hold on the lease; closing it
         (`aclose()`, or cancelling the task iterating it) releases the hold."""
         self._check_open()
-        watch = Watch(id=uuid.uuid4().hex, identity=identity, role=role)
-        self._watches[watch.id] = watch
+        watch = self._table.open_watch(identity, role)
         try:
-            lease = self._reattachable(identity, role, lease_id) if lease_id else None
+            lease = None
+            if lease_id:
+                lease = self._table.reattachable(identity, role, lease_id, self._now())
             if lease is None:
                 lease = await self._obtain(identity, role)
-            self._attach(watch, lease)
-            yield CredentialIssued(watch.id, lease.credential)
+            self._table.attach(watch, lease)
+            yield CredentialIssued(watch.id, lease.credential())
             while True:
                 try:
                     event = await asyncio.wait_for(watch.queue.get(), self._heartbeat_interval)
@@ -231,25 +243,21 @@ class LeaseBroker(LeaseEngine):
                     return
                 yield event
         finally:
-            self._detach(watch)
+            self._table.close_watch(watch, self._now())
 
     async def ack(self, identity: str, watch_id: str, rotation_id: str) -> datetime:
         """A stream switched to the rotated credential; returns when the previous lease was
         (or will now be) revoked."""
-        rotation = self._rotations.get(rotation_id)
+        rotation = self._table.rotations.get(rotation_id)
         if rotation is None:
-            finished = self._finished.get(rotation_id)
-            if finished is not None and finished[0] == identity:
-                return finished[1]
+            finished = self._table.finished_rotation(rotation_id, identity)
+            if finished is not None:
+                return finished
             raise NotFound(f"rotation {rotation_id} is unknown or already complete")
         old = rotation.old
         if old.identity != identity or watch_id not in rotation.watchers:
             raise NotFound(f"rotation {rotation_id} is unknown or already complete")
-        rotation.awaiting.discard(watch_id)
-        rotation.acked.add(watch_id)
-        watch = self._watches.get(watch_id)
-        if watch is not None:
-            watch.pending.discard(rotation)
+        self._table.acknowledge(rotation, watch_id)
         if old.done:
             return old.revoked_at or self._now()
         if rotation.awaiting:
@@ -257,7 +265,7 @@ class LeaseBroker(LeaseEngine):
         if old.unary:
             return old.unary_until or rotation.revoke_at
         with contextlib.suppress(LatchkeyError):  # retried by the lease's task
-            await self._revoke(old, "rotated")
+            await self._tasks.revoke(old, "rotated")
         return old.revoked_at or self._now()
 
     async def renew(
@@ -266,127 +274,200 @@ class LeaseBroker(LeaseEngine):
         """Renew a lease the identity holds (`force`: any lease, for operators); extends the
         caller's unary hold to the new expiry."""
         self._check_open()
-        lease = self._held(identity, lease_id, force=force)
+        lease = self._table.held(identity, lease_id, force=force)
         try:
-            result = await self._renew(lease, increment)
-        except NotFound:
-            self._lose(lease, "the lease no longer exists in Vault")
+            result = await self._tasks.renew(lease, increment)
+        except NotFound as exc:
+            self._tasks.lose(lease, exc.message)
             raise
         if not lease.holders:
             lease.unary = 1
         if lease.unary:
-            self._hold_unary(lease, extra=False)
+            self._table.hold_unary(lease, extra=False)
         return RenewResult(
-            lease.lease_id, lease.expires_at, lease.credential.renewable, result.warnings
+            lease.lease_id, lease.times.expires_at, lease.times.renewable, result.warnings
         )
 
     async def release(self, identity: str, lease_id: str, *, force: bool = False) -> bool:
         """Drop the caller's hold; revoke in Vault when nobody holds the lease any more. With
-        `force` (operators), revoke at once whoever holds it. True when revoked in Vault."""
+        `force` (operators), revoke at once whoever holds it, even a lease this gateway does
+        not hold (another replica's, or one nobody journaled) if Vault knows it. True when
+        revoked in Vault."""
         self._check_open()
-        lease = self._held(identity, lease_id, force=force)
+        try:
+            lease = self._table.held(identity, lease_id, force=force)
+        except NotFound:
+            if not force:
+                raise
+            return await self._revoke_unheld(lease_id)
         if force:
             lease.unary = 0
-            await self._revoke(lease, "revoked by an operator")
+            await self._tasks.revoke(lease, "revoked by an operator")
             return True
-        if lease.unary:
-            lease.unary -= 1
+        self._table.drop_unary(lease)
         rotation = lease.rotation
         if lease.streams or lease.unary or (rotation is not None and rotation.awaiting):
             lease.wake()
             return False
-        await self._revoke(lease, "released")
+        await self._tasks.revoke(lease, "released")
+        return True
+
+    async def _revoke_unheld(self, lease_id: str) -> bool:
+        """An operator's forced revocation of a lease this gateway does not hold."""
+        await self._vault.lookup_lease(lease_id)  # NotFound when Vault does not know it
+        await self._vault.revoke_lease(lease_id)
+        log.info("revoked lease %s for an operator (not held by this gateway)", lease_id)
+        with contextlib.suppress(LatchkeyError):  # a record left behind is revoked again later
+            await self._journal.forget_everywhere(lease_id)
         return True
 
     def list(self, role: str = "") -> builtins.list[LeaseInfo]:
-        """Every lease the gateway holds (operator view; never a password)."""
+        """Every lease this gateway holds (never a password)."""
+        replica = self._journal.replica_id
         return [
-            LeaseInfo(
-                lease_id=lease.lease_id,
-                role=lease.role,
-                holder=lease.identity,
-                username=lease.credential.username,
-                issued_at=lease.credential.issued_at,
-                expires_at=lease.expires_at,
-                max_ttl_deadline=lease.deadline,
-                holders=lease.holders,
-                renewable=lease.credential.renewable,
-            )
-            for lease in self._leases.values()
-            if not lease.done and not lease.lost and (not role or lease.role == role)
+            lease.info(replica) for lease in self._table.live() if not role or lease.role == role
         ]
 
-    # ------------------------------------------------------------ holds
+    async def list_all(self, role: str = "") -> builtins.list[LeaseInfo]:
+        """Every journaled lease of every replica, this gateway's own with their live state
+        (operator view; never a password). Unavailable when Consul cannot be read."""
+        own = self.list(role)
+        seen = {info.lease_id for info in own}
+        others = [
+            _info(rec)
+            for rec in await self._journal.records()
+            if rec.lease_id not in seen and (not role or rec.role == role)
+        ]
+        return own + sorted(others, key=lambda info: (info.replica, info.lease_id))
 
-    def _held(self, identity: str, lease_id: str, *, force: bool) -> Lease:
-        lease = self._leases.get(lease_id)
-        gone = lease is None or lease.done or (lease.lost and not lease.streams)
-        if gone or (lease is not None and lease.identity != identity and not force):
-            # One answer whether the lease does not exist or belongs to someone else: the
-            # caller learns nothing about other identities' leases.
-            raise NotFound(no_such_lease(lease_id))
-        assert lease is not None
+    # ------------------------------------------------------------ obtaining leases
+
+    async def _obtain(self, identity: str, role: str) -> Lease:
+        """The shared lease of (identity, role) if a new holder may take it, else a new one
+        (one Vault call however many callers ask at once)."""
+        key = (identity, role)
+        lease = self._table.shared(key, self._now(), self._rules)
+        if lease is not None:
+            return lease
+        with self._table.claim(key):
+            return await self._flight.do(key, lambda: self._issue(identity, role))
+
+    async def _issue(self, identity: str, role: str) -> Lease:
+        """Vault issues the credential; the journal records it; the table takes it and its task
+        starts. Nothing is handed out that the journal does not know of."""
+        started = self._now()
+        issued = await self._vault.issue_credentials(self._mount, role)
+        try:
+            max_ttl = await self._vault.role_max_ttl(self._mount, role)
+        except LatchkeyError as exc:
+            log.info(
+                "max TTL of role %r unknown (%s); learning it from renewals", role, exc.message
+            )
+            max_ttl = None
+        times, renew_from, granted = await self._times(issued, started, max_ttl)
+        lease = Lease(
+            identity=identity,
+            role=role,
+            mount=self._mount,
+            lease_id=issued.lease_id,
+            username=issued.username,
+            password=issued.password,
+            times=times,
+            next_renew_at=self._tasks.renew_at(renew_from, granted),
+            unheld_since=self._now(),
+        )
+        try:
+            if self._closed:
+                raise Unavailable("the gateway is shutting down", retry_after=1.0)
+            await self._journal.record(self._record(lease, issued.token_accessor))
+            if self._closed:
+                self._journal.forget(lease.lease_id)
+                raise Unavailable("the gateway is shutting down", retry_after=1.0)
+        except LatchkeyError:
+            with contextlib.suppress(LatchkeyError):
+                await self._vault.revoke_lease(lease.lease_id)
+            raise
+        self._table.add(lease)
+        self._tasks.start(lease)
+        log.info("issued lease %s (role %r, ttl %ss)", lease.lease_id, role, int(times.ttl))
         return lease
 
-    def _hold_unary(self, lease: Lease, *, extra: bool = True) -> None:
-        if extra:
-            lease.unary += 1
-        until = min(lease.expires_at, lease.deadline)
-        if lease.unary_until is None or until > lease.unary_until:
-            lease.unary_until = until
-        lease.unheld_since = None
-        lease.wake()
+    async def _times(
+        self, issued: IssuedLease, started: datetime, max_ttl: float | None
+    ) -> tuple[LeaseTimes, datetime, float]:
+        """The new lease's times, and the renewal they were last confirmed by (when, granted)."""
+        times = rules.issued(
+            started, issued.lease_duration, renewable=issued.renewable, max_ttl=max_ttl,
+            warnings=issued.warnings, token_deadline=self._vault.token_deadline(issued.lease_id),
+        )  # fmt: skip
+        if not rules.expired(times, self._now()) or not times.renewable:
+            return times, started, issued.lease_duration
+        # Vault answered later than the TTL it granted (it was busy): counted from when Vault
+        # issued it, the lease may well be alive. A renewal tells, from now.
+        renewed_at = self._now()
+        try:
+            again = await self._vault.renew_lease(issued.lease_id)
+        except LatchkeyError:
+            return times, started, issued.lease_duration  # it is lost, and will be replaced
+        times = rules.renewed(
+            times, renewed_at, again.lease_duration, wanted=None, renewable=again.renewable,
+            warnings=again.warnings,
+        )  # fmt: skip
+        return times, renewed_at, again.lease_duration
 
-    def _attach(self, watch: Watch, lease: Lease) -> None:
-        watch.lease = lease
-        lease.streams.add(watch)
-        lease.told.add(watch)
-        lease.unheld_since = None
-        lease.wake()
-
-    def _detach(self, watch: Watch) -> None:
-        watch.closed = True
-        self._watches.pop(watch.id, None)
-        for rotation in watch.pending:  # a closed stream no longer uses the old credential
-            rotation.awaiting.discard(watch.id)
-            rotation.old.wake()
-        watch.pending.clear()
-        lease, watch.lease = watch.lease, None
-        if lease is not None:
-            lease.streams.discard(watch)
-            lease.told.discard(watch)
-            if not lease.holders:
-                lease.unheld_since = self._now()
-            lease.wake()
-
-    def _reattachable(self, identity: str, role: str, lease_id: str) -> Lease | None:
-        lease = self._leases.get(lease_id)
-        if lease is None or lease.identity != identity or lease.role != role:
-            return None
-        if lease.done or lease.lost or lease.retired or lease.revoking or lease.revoke_pending:
-            return None
-        return lease if self._now() < lease.expires_at else None
+    @staticmethod
+    def _record(lease: Lease, token_accessor: str) -> JournalRecord:
+        return JournalRecord(
+            lease_id=lease.lease_id, mount=lease.mount, role=lease.role, holder=lease.identity,
+            username=lease.username, token_accessor=token_accessor,
+            issued_at=lease.times.issued_at, expires_at=lease.times.expires_at,
+            max_ttl_deadline=lease.times.deadline,
+        )  # fmt: skip
 
     # ------------------------------------------------------------ upstream notices
 
-    def _on_token_deadline(self, lease_ids: Sequence[str], when: datetime) -> None:
+    def _on_token_deadline(self, lease_ids: Sequence[str]) -> None:
+        """The owning token's end of these leases changed: their tasks read it again."""
         for lease_id in lease_ids:
-            lease = self._leases.get(lease_id)
-            if lease is None or lease.done:
-                continue
-            if lease.token_deadline is None or when < lease.token_deadline:
-                lease.token_deadline = when
-                lease.update()
+            lease = self._table.leases.get(lease_id)
+            if lease is not None:
                 lease.wake()
 
     def _freshness(self) -> Freshness:
-        reachable = self._vault.reachable
+        reachable, refused = self._vault.reachable, self._vault.refused
         return Freshness(
-            index=0, confirmed_at=self._vault.last_contact, stale=not reachable, reachable=reachable
+            index=0,
+            confirmed_at=self._vault.last_contact,
+            stale=refused or not reachable,
+            reachable=reachable,
+            refused=refused,
         )
 
-    def _on_reachability(self, reachable: bool) -> None:
+    def _on_state(self) -> None:
+        """Vault became (un)reachable, or refused or accepted the gateway: every stream hears it
+        at once; when Vault serves again, leases waiting for a replacement try again now."""
         freshness = self._freshness()
-        for watch in builtins.list(self._watches.values()):
+        for watch in builtins.list(self._table.watches.values()):
             if watch.lease is not None:
                 watch.send(CredentialHeartbeat(watch.id, freshness))
+        if not freshness.stale:
+            for lease in self._table.leases.values():
+                if lease.next_rotate_attempt is not None:
+                    lease.next_rotate_attempt = None
+                    lease.wake()
+
+
+def _info(rec: JournalRecord) -> LeaseInfo:
+    """What the journal tells of a lease held elsewhere (its holds are not known here)."""
+    return LeaseInfo(
+        lease_id=rec.lease_id,
+        role=rec.role,
+        holder=rec.holder,
+        username=rec.username,
+        issued_at=rec.issued_at,
+        expires_at=rec.expires_at,
+        max_ttl_deadline=rec.max_ttl_deadline,
+        holders=0,
+        renewable=False,
+        replica=rec.replica,
+    )

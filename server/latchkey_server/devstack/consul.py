@@ -17,6 +17,8 @@ from latchkey_server.devstack.process import ComponentError, ManagedProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 PROVISION_SCRIPT = REPO_ROOT / "scripts" / "provision-consul.sh"
+SESSION_TTL_MIN = "1s"
+"""The shortest session TTL the agent allows (Consul's default is 10s)."""
 HOW_TO_GET = (
     "Run `make test` or `bash scripts/provision-consul.sh` (fetches Debian's consul 1.8.7 into "
     ".cache/consul), put a consul binary on PATH, or set LATCHKEY_CONSUL_BIN."
@@ -107,6 +109,8 @@ class ConsulAgent:
             f"-http-port={self.http_port}", "-dns-port=-1", "-grpc-port=-1",
             f"-serf-lan-port={self.serf_lan_port}", f"-serf-wan-port={self.serf_wan_port}",
             f"-server-port={self.server_port}", "-log-level=info",
+            # Gateway replicas of tests and benchmarks use sessions shorter than Consul's 10 s.
+            "-hcl", f'session_ttl_min = "{SESSION_TTL_MIN}"',
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_")}
         self._process = ManagedProcess(

@@ -31,6 +31,7 @@ path "database/roles/*"         { capabilities = ["read"] }
 path "sys/mounts/database/tune" { capabilities = ["read"] }
 path "sys/leases/renew"         { capabilities = ["update"] }
 path "sys/leases/revoke"        { capabilities = ["update"] }
+path "sys/leases/lookup"        { capabilities = ["update"] }
 path "secret/data/*"            { capabilities = ["read"] }
 """
 
@@ -107,8 +108,13 @@ def seed_vault(
     *,
     default_ttl: str = "60s",
     max_ttl: str = "5m",
+    approle: AppRoleCredentials | None = None,
 ) -> AppRoleCredentials:
-    """Database engine + demo role, KV secret, the gateway's policy and AppRole."""
+    """Database engine + demo role, KV secret, the gateway's policy and AppRole.
+
+    `approle`: give the gateway's AppRole this role_id and secret_id (as an operator re-running
+    their provisioning after Vault lost its data does, so the gateway logs in again unchanged);
+    by default Vault generates them."""
     client = hvac.Client(url=addr, token=root_token)
     mounts = client.sys.list_mounted_secrets_engines()["data"]
     if "database/" not in mounts:
@@ -139,6 +145,10 @@ def seed_vault(
     client.auth.approle.create_or_update_approle(
         GATEWAY_APPROLE, token_policies=[GATEWAY_POLICY], token_ttl="1h", token_max_ttl="24h"
     )
+    if approle is not None:
+        client.auth.approle.update_role_id(GATEWAY_APPROLE, approle.role_id)
+        client.auth.approle.create_custom_secret_id(GATEWAY_APPROLE, approle.secret_id)
+        return approle
     role_id = client.auth.approle.read_role_id(GATEWAY_APPROLE)["data"]["role_id"]
     secret_id = client.auth.approle.generate_secret_id(GATEWAY_APPROLE)["data"]["secret_id"]
     return AppRoleCredentials(role_id=role_id, secret_id=secret_id)

@@ -29,11 +29,17 @@ def freshness(value: models.Freshness | None) -> common_pb2.Freshness | None:
         index=value.index,
         age=age,
         stale=value.stale,
-        upstream=common_pb2.UPSTREAM_STATE_CONNECTED
-        if value.reachable
-        else common_pb2.UPSTREAM_STATE_UNREACHABLE,
+        upstream=upstream_state(value),
         last_contact=ts(value.confirmed_at),
     )
+
+
+def upstream_state(value: models.Freshness) -> common_pb2.UpstreamState.ValueType:
+    if not value.reachable:
+        return common_pb2.UPSTREAM_STATE_UNREACHABLE
+    if value.refused:
+        return common_pb2.UPSTREAM_STATE_REFUSED
+    return common_pb2.UPSTREAM_STATE_CONNECTED
 
 
 def heartbeat(value: models.Freshness) -> common_pb2.Heartbeat:
@@ -107,6 +113,7 @@ def lease_info(value: models.LeaseInfo) -> secrets_pb2.LeaseInfo:
         issued_at=ts(value.issued_at),
         holders=value.holders,
         renewable=value.renewable,
+        replica=value.replica,
     )
 
 

@@ -8,12 +8,12 @@ from typing import Any, Protocol
 
 import grpc
 
-from latchkey.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from latchkey.v1 import gateway_pb2, gateway_pb2_grpc
 from latchkey_server import __version__
 from latchkey_server.access.authz import ResourceKind
 from latchkey_server.access.context import current_identity
 from latchkey_server.access.gate import AccessGate
-from latchkey_server.models import utcnow
+from latchkey_server.models import Freshness, utcnow
 from latchkey_server.transport import convert
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -56,9 +56,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             out.upstreams.append(
                 gateway_pb2.UpstreamStatus(
                     name=upstream.name,
-                    state=common_pb2.UPSTREAM_STATE_CONNECTED
-                    if upstream.reachable
-                    else common_pb2.UPSTREAM_STATE_UNREACHABLE,
+                    state=convert.upstream_state(
+                        Freshness(
+                            index=0,
+                            confirmed_at=contact,
+                            reachable=upstream.reachable,
+                            refused=getattr(upstream, "refused", False),  # Vault only
+                        )
+                    ),
                     last_contact=convert.ts(contact),
                     age_seconds=(now - contact).total_seconds() if contact else 0.0,
                 )

@@ -35,7 +35,7 @@ class LeaseSource(Protocol):
         self, identity: str, lease_id: str, increment: float | None
     ) -> models.RenewResult: ...
     async def release(self, identity: str, lease_id: str, *, force: bool = False) -> bool: ...
-    def list(self, role: str = "") -> list[models.LeaseInfo]: ...
+    async def list_all(self, role: str = "") -> list[models.LeaseInfo]: ...
 
 
 def _lease_role(lease_id: str) -> str:
@@ -150,5 +150,5 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServicer):
         role = validate.optional_name("role", request.role)
         identity = current_identity()
         self._gate.authorize(identity, ResourceKind.DATABASE, role or "*", "list_leases")
-        leases = self._leases.list(role)
+        leases = await self._leases.list_all(role)
         return secrets_pb2.ListLeasesResponse(leases=[convert.lease_info(x) for x in leases])

@@ -202,6 +202,7 @@ _OPERATIONS = (
     ("issue credentials", "creds"),
     ("renew lease", "lease_renew"),
     ("revoke lease", "lease_revoke"),
+    ("look up lease", "lease_lookup"),
     ("log in", "login"),
     ("look up its own token", "token_lookup"),
     ("renew its token", "token_renew"),

@@ -7,12 +7,14 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from latchkey_server.errors import LatchkeyError, Unavailable
+from latchkey_server.errors import LatchkeyError, PermissionDenied, Unavailable
+from latchkey_server.upstreams._reachability import Reachability
 from latchkey_server.upstreams._retry import backoff_delay
 from latchkey_server.upstreams._vault_config import VaultAdapterConfig
 from latchkey_server.upstreams._vault_responses import response_warnings
@@ -45,6 +47,8 @@ class TokenRecord:
     next_renew_at: float | None
     hard_deadline: float | None = None
     label: str = field(default_factory=lambda: f"token#{next(_labels)}")
+    accessor: str = ""
+    """The token's accessor (not a secret; recorded with the leases it creates)."""
     leases: dict[str, float] = field(default_factory=dict)
     """Lease id → when the lease expires (wall clock) as last reported by Vault."""
     failures: int = 0
@@ -73,6 +77,9 @@ class TokenKeeper(abc.ABC):
         self._wake = asyncio.Event()
         self._closed = False
         self._deadline_listeners: list[TokenDeadlineListener] = []
+        self._ended: OrderedDict[str, float] = OrderedDict()
+        """Leases of tokens that died (lease id -> when), remembered for `token_deadline`."""
+        self._reach = Reachability("vault", clock)
         self.logins = 0
         """How many times the adapter has authenticated (observable by tests and metrics)."""
 
@@ -90,6 +97,10 @@ class TokenKeeper(abc.ABC):
     async def _revoke_self(self, tok: TokenRecord, action: str) -> None:
         """Revoke `tok` in Vault (one attempt)."""
 
+    @abc.abstractmethod
+    async def _token_alive(self, tok: TokenRecord, *, attempts: int | None = None) -> bool:
+        """Whether Vault still knows `tok` (it looks itself up)."""
+
     # ------------------------------------------------------------ listeners
 
     @property
@@ -106,6 +117,15 @@ class TokenKeeper(abc.ABC):
         with contextlib.suppress(ValueError):
             items.remove(item)
 
+    def token_deadline(self, lease_id: str) -> datetime | None:
+        """When Vault revokes the lease because its token dies (past: it died); None if the
+        token is not known to die."""
+        owner = self._owner(lease_id)
+        if owner is not None:
+            return owner.deadline()
+        ended = self._ended.get(lease_id)
+        return utc(ended) if ended is not None else None
+
     def _notify_deadline(self, tok: TokenRecord) -> None:
         if tok.hard_deadline is None or not tok.leases:
             return
@@ -113,7 +133,7 @@ class TokenKeeper(abc.ABC):
         log.info("%s ends at %s; %d lease(s) must move first", tok.label, when, len(leases))
         for listener in list(self._deadline_listeners):
             try:
-                listener(leases, when)
+                listener(leases)
             except Exception:
                 log.exception("token deadline listener failed")
 
@@ -136,6 +156,9 @@ class TokenKeeper(abc.ABC):
         task = self._login_task
         try:
             return await asyncio.shield(task)
+        except PermissionDenied:
+            self._reach.note_refused(True)  # Vault answers, but will not let the gateway in
+            raise
         finally:
             if task.done() and self._login_task is task:
                 self._login_task = None
@@ -153,6 +176,7 @@ class TokenKeeper(abc.ABC):
             if tok.renewable or self.config.auth.logs_in:
                 tok.next_renew_at = now + ttl * self.config.token_renew_fraction
         self.logins += 1
+        self._reach.note_refused(False)
         log.info(
             "vault: authenticated as %s (%s, ttl %ss, renewable %s)",
             tok.label, self.config.auth.method, int(ttl), tok.renewable,
@@ -163,12 +187,16 @@ class TokenKeeper(abc.ABC):
         return tok
 
     def _bury(self, tok: TokenRecord) -> None:
-        """A token died (expired or revoked): its leases are gone in Vault."""
+        """A token died (expired, revoked, or Vault lost it): its leases are gone in Vault."""
         if tok.dead:
             return
         log.warning("vault %s is no longer valid", tok.label)
         tok.dead = True
         tok.hard_deadline = self._clock()
+        for lease_id in tok.leases:
+            self._ended[lease_id] = tok.hard_deadline
+        while len(self._ended) > 4096:
+            self._ended.popitem(last=False)
         self._notify_deadline(tok)
         tok.leases.clear()
         if tok in self._tokens:
@@ -176,6 +204,22 @@ class TokenKeeper(abc.ABC):
         if self._current is tok:
             self._current = None
         self._wake.set()
+
+    async def _check_token(self) -> None:
+        """Is the current token still alive? If it vanished, its leases are gone (the brokers
+        hear it through the token-deadline listeners) and the adapter logs in again; a refused
+        login leaves `refused` set until one succeeds."""
+        current = self._current
+        if self._closed:
+            return
+        if current is not None:
+            if await self._token_alive(current, attempts=1):
+                return
+            self._bury(current)
+        elif self.logins == 0 and not self._reach.refused:
+            return  # not logged in yet: the first call that needs Vault logs in
+        with contextlib.suppress(LatchkeyError):
+            await self._relogin()
 
     def _owner(self, lease_id: str) -> TokenRecord | None:
         for tok in self._tokens:

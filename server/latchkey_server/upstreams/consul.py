@@ -396,9 +396,15 @@ class ConsulAdapter:
         params: dict[str, str],
         index: int | None,
         wait: float | None,
+        *,
+        method: str = "GET",
+        body: bytes | None = None,
+        accept: tuple[int, ...] = (200, 404),
     ) -> Reply:
+        """The one request path (the budget, timeouts, reachability, metrics). Other methods
+        and statuses are for the session calls of `_consul_sessions.py`."""
         session = self._ensure_session()
-        blocking = bool(index and index > 0)
+        blocking = method == "GET" and bool(index and index > 0)
         query = dict(params)
         if blocking:
             wait = self.settings.default_wait if wait is None else wait
@@ -416,9 +422,10 @@ class ConsulAdapter:
         await self._token(op, target, blocking)
         async with self._tracked(op, target), self._slot(op, blocking):
             try:
-                async with session.get(
-                    self._base + path, params=query, timeout=timeout, allow_redirects=False
-                ) as resp:
+                async with session.request(
+                    method, self._base + path, params=query, data=body, timeout=timeout,
+                    allow_redirects=False,
+                ) as resp:  # fmt: skip
                     body = await resp.read()
                     reply = Reply(
                         status=resp.status,
@@ -439,14 +446,14 @@ class ConsulAdapter:
                 raise ConsulUnavailable("Consul is unreachable") from exc
         self._reachable = True
         self._last_contact = utcnow()
-        outcome = "ok" if reply.status in (200, 404) else "error"
+        outcome = "ok" if reply.status in accept else "error"
         self._requests.labels("consul", op, outcome).inc()
-        return self._check_status(op, reply)
+        return self._check_status(op, reply, accept)
 
     @staticmethod
-    def _check_status(op: str, reply: Reply) -> Reply:
+    def _check_status(op: str, reply: Reply, accept: tuple[int, ...] = (200, 404)) -> Reply:
         status = reply.status
-        if status in (200, 404):
+        if status in accept:
             return reply
         log.warning("consul %s answered HTTP %d", op, status)
         if status == 400:

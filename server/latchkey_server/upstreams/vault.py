@@ -38,7 +38,6 @@ import requests
 from latchkey_server.errors import LatchkeyError, NotFound, PermissionDenied, Unavailable
 from latchkey_server.models import KvSecret
 from latchkey_server.observability.telemetry import Telemetry
-from latchkey_server.upstreams._reachability import Reachability
 from latchkey_server.upstreams._retry import backoff_delay
 from latchkey_server.upstreams._vault_config import (
     AppRoleAuth,
@@ -67,8 +66,8 @@ from latchkey_server.upstreams._vault_tokens import TokenKeeper, TokenRecord
 from latchkey_server.upstreams.vault_port import (
     VAULT_SYSTEM_MAX_TTL,
     IssuedLease,
-    ReachabilityListener,
     RenewedLease,
+    StateListener,
 )
 
 if TYPE_CHECKING:
@@ -199,7 +198,6 @@ class VaultAdapter(TokenKeeper):
         self._pool = ThreadPoolExecutor(
             max_workers=config.pool_size, thread_name_prefix="latchkey-vault"
         )
-        self._reach = Reachability("vault", clock)
         self._role_ttl: dict[tuple[str, str], tuple[float | None, float]] = {}
 
     @classmethod
@@ -226,10 +224,14 @@ class VaultAdapter(TokenKeeper):
         return self._reach.reachable
 
     @property
+    def refused(self) -> bool:
+        return self._reach.refused
+
+    @property
     def last_contact(self) -> datetime | None:
         return self._reach.last_contact
 
-    def add_reachability_listener(self, listener: ReachabilityListener) -> Callable[[], None]:
+    def add_state_listener(self, listener: StateListener) -> Callable[[], None]:
         return self._reach.add_listener(listener)
 
     # ------------------------------------------------------------ calling hvac
@@ -300,11 +302,12 @@ class VaultAdapter(TokenKeeper):
             )  # fmt: skip
             return result, tok
 
-    async def _token_alive(self, tok: TokenRecord) -> bool:
+    async def _token_alive(self, tok: TokenRecord, *, attempts: int | None = None) -> bool:
         try:
             await self._call(
-                tok.client.auth.token.lookup_self, action="look up its own token", idempotent=True
-            )
+                tok.client.auth.token.lookup_self, action="look up its own token", idempotent=True,
+                attempts=attempts,
+            )  # fmt: skip
         except PermissionDenied:
             return False
         return True
@@ -328,6 +331,7 @@ class VaultAdapter(TokenKeeper):
                 renewable=bool(data.get("renewable")),
                 expires_at=now + ttl if ttl > 0 else None,
                 next_renew_at=None,
+                accessor=str(data.get("accessor") or ""),
             )
         else:
             anon = self._factory(None)
@@ -343,6 +347,7 @@ class VaultAdapter(TokenKeeper):
                 renewable=bool(data.get("renewable")),
                 expires_at=now + ttl if ttl > 0 else None,
                 next_renew_at=None,
+                accessor=str(data.get("accessor") or ""),
             )
         return self._adopt(tok, now, ttl)
 
@@ -395,7 +400,7 @@ class VaultAdapter(TokenKeeper):
             lease_duration=duration,
             renewable=bool(resp.get("renewable")),
             warnings=response_warnings(resp),
-            token_deadline=tok.deadline(),
+            token_accessor=tok.accessor,
         )
 
     async def renew_lease(self, lease_id: str, increment: float | None = None) -> RenewedLease:
@@ -404,15 +409,25 @@ class VaultAdapter(TokenKeeper):
         if tok.dead:
             raise NotFound(f"lease {lease_id} no longer exists in Vault (its token ended)")
         step = max(1, math.ceil(increment)) if increment else None
-        resp = await self._call(
-            functools.partial(tok.client.sys.renew_lease, lease_id=lease_id, increment=step),
-            action=f"renew lease {lease_id}", idempotent=True,
-            messages={
-                Cause.MISSING: f"lease {lease_id} not found in Vault",
-                Cause.LEASE_GONE: f"lease {lease_id} no longer exists in Vault",
-                Cause.NOT_RENEWABLE: f"Vault will not renew lease {lease_id} any further",
-            },
-        )  # fmt: skip
+        try:
+            resp = await self._call(
+                functools.partial(tok.client.sys.renew_lease, lease_id=lease_id, increment=step),
+                action=f"renew lease {lease_id}", idempotent=True,
+                messages={
+                    Cause.MISSING: f"lease {lease_id} not found in Vault",
+                    Cause.LEASE_GONE: f"lease {lease_id} no longer exists in Vault",
+                    Cause.NOT_RENEWABLE: f"Vault will not renew lease {lease_id} any further",
+                },
+            )  # fmt: skip
+        except PermissionDenied:
+            if await self._token_alive(tok):
+                raise
+            # The token that owns the lease is gone (revoked, or Vault lost it): so is the lease.
+            self._bury(tok)
+            raise NotFound(
+                f"lease {lease_id} no longer exists in Vault: the Vault token that created it "
+                "is gone"
+            ) from None
         now = self._clock()
         duration = float(resp.get("lease_duration") or 0)
         if owner is not None:
@@ -422,8 +437,18 @@ class VaultAdapter(TokenKeeper):
             lease_duration=duration,
             renewable=bool(resp.get("renewable")),
             warnings=response_warnings(resp),
-            token_deadline=tok.deadline(),
         )
+
+    async def lookup_lease(self, lease_id: str) -> None:
+        await self._with_token(
+            lambda c: c.sys.read_lease(lease_id=lease_id),
+            action=f"look up lease {lease_id}", idempotent=True,
+            messages={
+                Cause.MISSING: f"Vault knows no lease {lease_id}",
+                Cause.LEASE_GONE: f"Vault knows no lease {lease_id} (expired, revoked, or never "
+                "issued)",
+            },
+        )  # fmt: skip
 
     async def revoke_lease(self, lease_id: str) -> None:
         owner = self._owner(lease_id)
@@ -457,8 +482,10 @@ class VaultAdapter(TokenKeeper):
         client.sys.revoke_lease(lease_id=lease_id)
 
     async def ping(self) -> None:
-        """`sys/health` (unauthenticated): refreshes reachability even when nothing else runs.
-        Raises Unavailable when Vault is sealed, uninitialised or unreachable."""
+        """`sys/health` (unauthenticated), then the gateway's own token: refreshes reachability
+        even when nothing else runs, and notices a token that vanished (Vault restarted empty,
+        the token revoked out of band) and logs in again. Raises Unavailable when Vault is
+        sealed, uninitialised or unreachable."""
         client = self._factory(None)
         await self._call(
             functools.partial(_check_health, client),
@@ -466,6 +493,7 @@ class VaultAdapter(TokenKeeper):
             idempotent=True,
             attempts=1,
         )
+        await self._check_token()
 
     async def role_max_ttl(self, mount: str, role: str) -> float | None:
         key, now = (mount, role), self._clock()

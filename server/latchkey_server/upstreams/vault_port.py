@@ -32,9 +32,8 @@ class IssuedLease:
     """Seconds the lease lives unless renewed."""
     renewable: bool
     warnings: tuple[str, ...] = ()
-    token_deadline: datetime | None = None
-    """When the Vault token that owns this lease is known to die (its max TTL); None if not
-    known. Vault revokes the lease at that moment whatever its own TTL says."""
+    token_accessor: str = ""
+    """Accessor of the Vault token that created the lease (not a secret: it cannot log in)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,16 +45,14 @@ class RenewedLease:
     """Seconds from now until the lease expires."""
     renewable: bool
     warnings: tuple[str, ...] = ()
-    token_deadline: datetime | None = None
-    """As in `IssuedLease`: when the owning token is known to die, if known."""
 
 
-TokenDeadlineListener = Callable[[Sequence[str], datetime], None]
-"""Called with lease ids and the moment Vault will revoke them because their owning token
-reaches its end (it cannot be renewed further). Called on the event loop."""
+TokenDeadlineListener = Callable[[Sequence[str]], None]
+"""Called with the ids of leases whose owning token's end changed (it reached its max TTL, or
+died): read the new end with `token_deadline`. Called on the event loop."""
 
-ReachabilityListener = Callable[[bool], None]
-"""Called with the new reachability whenever it changes. Called on the event loop."""
+StateListener = Callable[[], None]
+"""Called whenever `reachable` or `refused` changes. Called on the event loop."""
 
 
 @runtime_checkable
@@ -65,6 +62,12 @@ class VaultUpstream(Protocol):
     @property
     def reachable(self) -> bool:
         """Whether Vault answered the most recent request."""
+        ...
+
+    @property
+    def refused(self) -> bool:
+        """Whether Vault refuses the gateway: its token died and logging in again failed (e.g.
+        Vault restarted empty). Leases issued before are gone until a login succeeds."""
         ...
 
     @property
@@ -92,6 +95,16 @@ class VaultUpstream(Protocol):
         """Revoke a lease now. Revoking an unknown or already revoked lease succeeds."""
         ...
 
+    async def lookup_lease(self, lease_id: str) -> None:
+        """NotFound unless Vault knows the lease (it is neither expired nor revoked)."""
+        ...
+
+    def token_deadline(self, lease_id: str) -> datetime | None:
+        """When Vault revokes the lease because the token that created it dies (the token
+        reached its max TTL, or is already gone: then a moment in the past); None when that
+        token is not known to die. The one way a token's end reaches the brokers."""
+        ...
+
     async def role_max_ttl(self, mount: str, role: str) -> float | None:
         """Effective max TTL in seconds of leases of a database role (role, mount and system
         caps applied); None when it cannot be determined. Cached."""
@@ -101,6 +114,7 @@ class VaultUpstream(Protocol):
         """Subscribe to token-deadline notices; returns the function that unsubscribes."""
         ...
 
-    def add_reachability_listener(self, listener: ReachabilityListener) -> Callable[[], None]:
-        """Subscribe to reachability changes; returns the function that unsubscribes."""
+    def add_state_listener(self, listener: StateListener) -> Callable[[], None]:
+        """Subscribe to changes of `reachable` and `refused`; returns the function that
+        unsubscribes."""
         ...

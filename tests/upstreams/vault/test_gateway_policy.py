@@ -36,7 +36,9 @@ from latchkey_server.upstreams.vault_port import IssuedLease
 from tests.fixtures.vault import VaultDatabase, VaultServer
 from tests.upstreams.vault.conftest import token_with_policy
 
-OPERATIONS = ("kv_read", "role_read", "mount_read", "creds", "lease_renew", "lease_revoke")
+OPERATIONS = (
+    "kv_read", "role_read", "mount_read", "creds", "lease_renew", "lease_lookup", "lease_revoke",
+)  # fmt: skip
 POLICY_LINES = [line for line in GATEWAY_POLICY_HCL.splitlines() if line.startswith("path ")]
 # What the gateway's tokens get from Vault's `default` policy and the gateway uses: looking up,
 # renewing and revoking themselves. (`default` also grants sys/leases/renew, which would hide
@@ -69,6 +71,8 @@ async def gateway_calls(vault: VaultServer, token: str) -> tuple[set[str], Issue
             issued = await adapter.issue_credentials("database", DEMO_ROLE)
             with contextlib.suppress(LatchkeyError):
                 await adapter.renew_lease(issued.lease_id)
+            with contextlib.suppress(LatchkeyError):  # an operator's RevokeLease(force)
+                await adapter.lookup_lease(issued.lease_id)
             with contextlib.suppress(LatchkeyError):
                 await adapter.revoke_lease(issued.lease_id)
     finally:

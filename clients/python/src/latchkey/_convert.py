@@ -17,9 +17,10 @@ from latchkey.v1 import (
     secrets_pb2,
 )
 
-_UPSTREAM: dict[int, Literal["connected", "unreachable", "unknown"]] = {
+_UPSTREAM: dict[int, Literal["connected", "unreachable", "refused", "unknown"]] = {
     common_pb2.UPSTREAM_STATE_CONNECTED: "connected",
     common_pb2.UPSTREAM_STATE_UNREACHABLE: "unreachable",
+    common_pb2.UPSTREAM_STATE_REFUSED: "refused",
 }
 _HEALTH: dict[int, Literal["passing", "warning", "critical", "unknown"]] = {
     discovery_pb2.HEALTH_STATUS_PASSING: "passing",
@@ -101,6 +102,7 @@ def lease_info(x: secrets_pb2.LeaseInfo) -> m.LeaseInfo:
         issued_at=_ts(x, "issued_at"),
         holders=x.holders,
         renewable=x.renewable,
+        replica=x.replica,
     )
 
 

@@ -37,8 +37,9 @@ class Freshness(_Model):
     """Seconds since the gateway last confirmed the data with the upstream."""
     stale: bool = False
     """True when served from the gateway's cache because the upstream is unreachable."""
-    upstream: Literal["connected", "unreachable", "unknown"] = "unknown"
-    """Reachability of the upstream when the data was sent."""
+    upstream: Literal["connected", "unreachable", "refused", "unknown"] = "unknown"
+    """The upstream's state when the data was sent (`refused`: it answers but refuses the
+    gateway's credentials, e.g. Vault restarted without them)."""
     last_contact: datetime | None = None
     """When the gateway last heard from the upstream."""
 
@@ -89,7 +90,7 @@ class RenewedLease(_Model):
 
 
 class LeaseInfo(_Model):
-    """A lease the gateway holds (operator view; never a password)."""
+    """A lease a gateway replica holds (operator view; never a password)."""
 
     lease_id: str
     role: str
@@ -100,8 +101,10 @@ class LeaseInfo(_Model):
     max_ttl_deadline: datetime | None = None
     issued_at: datetime | None = None
     holders: int = 0
-    """Open holds (streams and unary callers)."""
+    """Open holds (streams and unary callers); 0 for another replica's lease."""
     renewable: bool = False
+    replica: str = ""
+    """The gateway replica whose journal holds the lease."""
 
 
 class ConfigEntry(_Model):
@@ -182,7 +185,7 @@ class UpstreamStatus(_Model):
     """One upstream's reachability as the gateway sees it."""
 
     name: str
-    state: Literal["connected", "unreachable", "unknown"]
+    state: Literal["connected", "unreachable", "refused", "unknown"]
     last_contact: datetime | None = None
     age_seconds: float = 0.0
 

@@ -249,10 +249,10 @@ def db_creds(
 
 @cli.group()
 def leases() -> None:
-    """Leases the gateway holds."""
+    """Leases the gateway's replicas hold."""
 
 
-LEASE_COLUMNS = ["lease_id", "role", "holder", "username", "expires_at", "holders"]
+LEASE_COLUMNS = ["lease_id", "role", "holder", "username", "expires_at", "holders", "replica"]
 
 
 @leases.command("list")
@@ -260,7 +260,7 @@ LEASE_COLUMNS = ["lease_id", "role", "holder", "username", "expires_at", "holder
 @read_options
 @pass_ctx
 def leases_list(ctx: Ctx, role: str | None, fmt: str, field: str | None) -> None:
-    """List leases (never passwords).
+    """List every replica's leases, as journaled in Consul (never passwords).
 
     \b
     Example:
@@ -292,7 +292,11 @@ def leases_renew(
 
 @leases.command("revoke")
 @click.argument("lease_id")
-@click.option("--force", is_flag=True, help="Revoke in Vault now, whoever holds it (operators).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Revoke in Vault now, whoever holds it, any replica or none (operators).",
+)
 @pass_ctx
 def leases_revoke(ctx: Ctx, lease_id: str, force: bool) -> None:
     """Release (or with --force revoke) a lease.

@@ -71,8 +71,8 @@ def pool(
     New connections use `credentials.current`. On a rotation the pool is drained: idle
     connections close at once and busy ones when returned (their queries finish first); the
     rotation is acknowledged (and the old lease revoked) only once no connection with the old
-    credential is left, or after `retire_timeout` seconds. A connection handed out with a
-    stale credential is never given out again (`check`).
+    credential is left, or after `retire_timeout` seconds. A connection found at checkout to
+    carry a rotated credential is closed and replaced (`check`), never handed out.
     """
     tracker = ConnectionTracker()
     extra = dict(kwargs or {})
@@ -87,6 +87,11 @@ def pool(
 
     def check(conn: TrackedConnection) -> None:
         if conn.info.user != credentials.current.username:
+            # Opened with a credential rotated since (its connect began before the rotation
+            # and ended after the drain): close it, so the pool replaces it with one opened
+            # with the current credential. (A connection only refused would go back into the
+            # pool, be refused again at every checkout, and hold the rotation's retirement.)
+            conn.close()
             raise psycopg.OperationalError("connection opened with a rotated credential")
 
     the_pool: ConnectionPool[TrackedConnection] = ConnectionPool(

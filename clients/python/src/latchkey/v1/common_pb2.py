@@ -26,15 +26,15 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18latchkey/v1/common.proto\x12\x0blatchkey.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb1\x01\n\tFreshness\x12\r\n\x05index\x18\x01 \x01(\x04\x12&\n\x03\x61ge\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05stale\x18\x03 \x01(\x08\x12,\n\x08upstream\x18\x04 \x01(\x0e\x32\x1a.latchkey.v1.UpstreamState\x12\x30\n\x0clast_contact\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"c\n\tHeartbeat\x12)\n\tfreshness\x18\x01 \x01(\x0b\x32\x16.latchkey.v1.Freshness\x12+\n\x07sent_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*m\n\rUpstreamState\x12\x1e\n\x1aUPSTREAM_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18UPSTREAM_STATE_CONNECTED\x10\x01\x12\x1e\n\x1aUPSTREAM_STATE_UNREACHABLE\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18latchkey/v1/common.proto\x12\x0blatchkey.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb1\x01\n\tFreshness\x12\r\n\x05index\x18\x01 \x01(\x04\x12&\n\x03\x61ge\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05stale\x18\x03 \x01(\x08\x12,\n\x08upstream\x18\x04 \x01(\x0e\x32\x1a.latchkey.v1.UpstreamState\x12\x30\n\x0clast_contact\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"c\n\tHeartbeat\x12)\n\tfreshness\x18\x01 \x01(\x0b\x32\x16.latchkey.v1.Freshness\x12+\n\x07sent_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x89\x01\n\rUpstreamState\x12\x1e\n\x1aUPSTREAM_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18UPSTREAM_STATE_CONNECTED\x10\x01\x12\x1e\n\x1aUPSTREAM_STATE_UNREACHABLE\x10\x02\x12\x1a\n\x16UPSTREAM_STATE_REFUSED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'latchkey.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_UPSTREAMSTATE']._serialized_start=387
-  _globals['_UPSTREAMSTATE']._serialized_end=496
+  _globals['_UPSTREAMSTATE']._serialized_start=388
+  _globals['_UPSTREAMSTATE']._serialized_end=525
   _globals['_FRESHNESS']._serialized_start=107
   _globals['_FRESHNESS']._serialized_end=284
   _globals['_HEARTBEAT']._serialized_start=286

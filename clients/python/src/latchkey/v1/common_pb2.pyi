@@ -30,6 +30,10 @@ class _UpstreamStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Upstrea
     """The last request to the upstream succeeded."""
     UPSTREAM_STATE_UNREACHABLE: _UpstreamState.ValueType  # 2
     """The upstream cannot be reached; data is served from the gateway's cache (stale-if-error)."""
+    UPSTREAM_STATE_REFUSED: _UpstreamState.ValueType  # 3
+    """The upstream answers but refuses the gateway's credentials (e.g. Vault restarted without
+    them): what the gateway obtained from it before may be gone; it keeps trying to log in.
+    """
 
 class UpstreamState(_UpstreamState, metaclass=_UpstreamStateEnumTypeWrapper):
     """Whether the gateway can currently reach the upstream that owns a piece of data."""
@@ -39,6 +43,10 @@ UPSTREAM_STATE_CONNECTED: UpstreamState.ValueType  # 1
 """The last request to the upstream succeeded."""
 UPSTREAM_STATE_UNREACHABLE: UpstreamState.ValueType  # 2
 """The upstream cannot be reached; data is served from the gateway's cache (stale-if-error)."""
+UPSTREAM_STATE_REFUSED: UpstreamState.ValueType  # 3
+"""The upstream answers but refuses the gateway's credentials (e.g. Vault restarted without
+them): what the gateway obtained from it before may be gone; it keeps trying to log in.
+"""
 Global___UpstreamState: _TypeAlias = UpstreamState  # noqa: Y015
 
 @_typing.final

@@ -499,7 +499,9 @@ class RevokeLeaseRequest(_message.Message):
     FORCE_FIELD_NUMBER: _builtins.int
     lease_id: _builtins.str
     force: _builtins.bool
-    """Revoke in Vault now, whoever holds the lease (operator capability `revoke_any`)."""
+    """Revoke in Vault now, whoever holds the lease, if Vault knows it (operator capability
+    `revoke_any`).
+    """
     def __init__(
         self,
         *,
@@ -567,14 +569,17 @@ class LeaseInfo(_message.Message):
     ISSUED_AT_FIELD_NUMBER: _builtins.int
     HOLDERS_FIELD_NUMBER: _builtins.int
     RENEWABLE_FIELD_NUMBER: _builtins.int
+    REPLICA_FIELD_NUMBER: _builtins.int
     lease_id: _builtins.str
     role: _builtins.str
     holder: _builtins.str
     """The identity the lease was issued for."""
     username: _builtins.str
     holders: _builtins.int
-    """Number of open holds (streams and unary callers)."""
+    """Number of open holds (streams and unary callers); 0 for another replica's lease."""
     renewable: _builtins.bool
+    replica: _builtins.str
+    """The replica (gateway) whose journal in Consul holds the lease."""
     @_builtins.property
     def lease_expires_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -593,10 +598,11 @@ class LeaseInfo(_message.Message):
         issued_at: _timestamp_pb2.Timestamp | None = ...,
         holders: _builtins.int = ...,
         renewable: _builtins.bool = ...,
+        replica: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["issued_at", b"issued_at", "lease_expires_at", b"lease_expires_at", "max_ttl_deadline", b"max_ttl_deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["holder", b"holder", "holders", b"holders", "issued_at", b"issued_at", "lease_expires_at", b"lease_expires_at", "lease_id", b"lease_id", "max_ttl_deadline", b"max_ttl_deadline", "renewable", b"renewable", "role", b"role", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holder", b"holder", "holders", b"holders", "issued_at", b"issued_at", "lease_expires_at", b"lease_expires_at", "lease_id", b"lease_id", "max_ttl_deadline", b"max_ttl_deadline", "renewable", b"renewable", "replica", b"replica", "role", b"role", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -121,14 +121,16 @@ class SecretsServicer:
 
     def RevokeLease(self, request, context):
         """Releases the caller's hold on a lease; the lease is revoked in Vault when nobody holds it.
-        With `force`, an operator revokes it in Vault at once whoever holds it.
+        With `force`, an operator revokes it in Vault at once whoever holds it: any lease Vault
+        still knows, held by this gateway, another replica, or nobody.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListLeases(self, request, context):
-        """Lists the leases the gateway holds (for operators). Never returns passwords.
+        """Lists every lease journaled in Consul by any replica of the gateway, with the replica that
+        holds it (for operators). Never returns passwords.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

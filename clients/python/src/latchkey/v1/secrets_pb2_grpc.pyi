@@ -56,10 +56,13 @@ class SecretsStub:
     """Renews a lease the caller holds (operators with the right capability may renew any lease)."""
     RevokeLease: _grpc.UnaryUnaryMultiCallable[_secrets_pb2.RevokeLeaseRequest, _secrets_pb2.RevokeLeaseResponse]
     """Releases the caller's hold on a lease; the lease is revoked in Vault when nobody holds it.
-    With `force`, an operator revokes it in Vault at once whoever holds it.
+    With `force`, an operator revokes it in Vault at once whoever holds it: any lease Vault
+    still knows, held by this gateway, another replica, or nobody.
     """
     ListLeases: _grpc.UnaryUnaryMultiCallable[_secrets_pb2.ListLeasesRequest, _secrets_pb2.ListLeasesResponse]
-    """Lists the leases the gateway holds (for operators). Never returns passwords."""
+    """Lists every lease journaled in Consul by any replica of the gateway, with the replica that
+    holds it (for operators). Never returns passwords.
+    """
 
 @_typing.type_check_only
 class SecretsAsyncStub(SecretsStub):
@@ -89,10 +92,13 @@ class SecretsAsyncStub(SecretsStub):
     """Renews a lease the caller holds (operators with the right capability may renew any lease)."""
     RevokeLease: _aio.UnaryUnaryMultiCallable[_secrets_pb2.RevokeLeaseRequest, _secrets_pb2.RevokeLeaseResponse]  # type: ignore[assignment]
     """Releases the caller's hold on a lease; the lease is revoked in Vault when nobody holds it.
-    With `force`, an operator revokes it in Vault at once whoever holds it.
+    With `force`, an operator revokes it in Vault at once whoever holds it: any lease Vault
+    still knows, held by this gateway, another replica, or nobody.
     """
     ListLeases: _aio.UnaryUnaryMultiCallable[_secrets_pb2.ListLeasesRequest, _secrets_pb2.ListLeasesResponse]  # type: ignore[assignment]
-    """Lists the leases the gateway holds (for operators). Never returns passwords."""
+    """Lists every lease journaled in Consul by any replica of the gateway, with the replica that
+    holds it (for operators). Never returns passwords.
+    """
 
 class SecretsServicer(metaclass=_abc_1.ABCMeta):
     """Secrets brokers Vault for applications."""
@@ -155,7 +161,8 @@ class SecretsServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_secrets_pb2.RevokeLeaseResponse, _abc.Awaitable[_secrets_pb2.RevokeLeaseResponse]]:
         """Releases the caller's hold on a lease; the lease is revoked in Vault when nobody holds it.
-        With `force`, an operator revokes it in Vault at once whoever holds it.
+        With `force`, an operator revokes it in Vault at once whoever holds it: any lease Vault
+        still knows, held by this gateway, another replica, or nobody.
         """
 
     @_abc_1.abstractmethod
@@ -164,6 +171,8 @@ class SecretsServicer(metaclass=_abc_1.ABCMeta):
         request: _secrets_pb2.ListLeasesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_secrets_pb2.ListLeasesResponse, _abc.Awaitable[_secrets_pb2.ListLeasesResponse]]:
-        """Lists the leases the gateway holds (for operators). Never returns passwords."""
+        """Lists every lease journaled in Consul by any replica of the gateway, with the replica that
+        holds it (for operators). Never returns passwords.
+        """
 
 def add_SecretsServicer_to_server(servicer: SecretsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -18,6 +18,11 @@ export enum UpstreamState {
   UPSTREAM_STATE_CONNECTED = 1,
   /** UPSTREAM_STATE_UNREACHABLE - The upstream cannot be reached; data is served from the gateway's cache (stale-if-error). */
   UPSTREAM_STATE_UNREACHABLE = 2,
+  /**
+   * UPSTREAM_STATE_REFUSED - The upstream answers but refuses the gateway's credentials (e.g. Vault restarted without
+   * them): what the gateway obtained from it before may be gone; it keeps trying to log in.
+   */
+  UPSTREAM_STATE_REFUSED = 3,
   UNRECOGNIZED = -1,
 }
 

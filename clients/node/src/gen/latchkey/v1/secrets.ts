@@ -153,7 +153,10 @@ export interface RenewLeaseResponse {
 
 export interface RevokeLeaseRequest {
   leaseId: string;
-  /** Revoke in Vault now, whoever holds the lease (operator capability `revoke_any`). */
+  /**
+   * Revoke in Vault now, whoever holds the lease, if Vault knows it (operator capability
+   * `revoke_any`).
+   */
   force: boolean;
 }
 
@@ -178,9 +181,11 @@ export interface LeaseInfo {
   issuedAt:
     | Date
     | undefined;
-  /** Number of open holds (streams and unary callers). */
+  /** Number of open holds (streams and unary callers); 0 for another replica's lease. */
   holders: number;
   renewable: boolean;
+  /** The replica (gateway) whose journal in Consul holds the lease. */
+  replica: string;
 }
 
 export interface ListLeasesResponse {
@@ -1755,6 +1760,7 @@ function createBaseLeaseInfo(): LeaseInfo {
     issuedAt: undefined,
     holders: 0,
     renewable: false,
+    replica: "",
   };
 }
 
@@ -1786,6 +1792,9 @@ export const LeaseInfo: MessageFns<LeaseInfo> = {
     }
     if (message.renewable !== false) {
       writer.uint32(72).bool(message.renewable);
+    }
+    if (message.replica !== "") {
+      writer.uint32(82).string(message.replica);
     }
     return writer;
   },
@@ -1875,6 +1884,14 @@ export const LeaseInfo: MessageFns<LeaseInfo> = {
             message.renewable = reader.bool();
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.replica = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1901,6 +1918,7 @@ export const LeaseInfo: MessageFns<LeaseInfo> = {
     message.issuedAt = object.issuedAt ?? undefined;
     message.holders = object.holders ?? 0;
     message.renewable = object.renewable ?? false;
+    message.replica = object.replica ?? "";
     return message;
   },
 };
@@ -2034,7 +2052,8 @@ export const SecretsService = {
   },
   /**
    * Releases the caller's hold on a lease; the lease is revoked in Vault when nobody holds it.
-   * With `force`, an operator revokes it in Vault at once whoever holds it.
+   * With `force`, an operator revokes it in Vault at once whoever holds it: any lease Vault
+   * still knows, held by this gateway, another replica, or nobody.
    */
   revokeLease: {
     path: "/latchkey.v1.Secrets/RevokeLease" as const,
@@ -2045,7 +2064,10 @@ export const SecretsService = {
     responseSerialize: (value: RevokeLeaseResponse): Buffer => Buffer.from(RevokeLeaseResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): RevokeLeaseResponse => RevokeLeaseResponse.decode(value),
   },
-  /** Lists the leases the gateway holds (for operators). Never returns passwords. */
+  /**
+   * Lists every lease journaled in Consul by any replica of the gateway, with the replica that
+   * holds it (for operators). Never returns passwords.
+   */
   listLeases: {
     path: "/latchkey.v1.Secrets/ListLeases" as const,
     requestStream: false as const,
@@ -2084,10 +2106,14 @@ export interface SecretsServer extends UntypedServiceImplementation {
   renewLease: handleUnaryCall<RenewLeaseRequest, RenewLeaseResponse>;
   /**
    * Releases the caller's hold on a lease; the lease is revoked in Vault when nobody holds it.
-   * With `force`, an operator revokes it in Vault at once whoever holds it.
+   * With `force`, an operator revokes it in Vault at once whoever holds it: any lease Vault
+   * still knows, held by this gateway, another replica, or nobody.
    */
   revokeLease: handleUnaryCall<RevokeLeaseRequest, RevokeLeaseResponse>;
-  /** Lists the leases the gateway holds (for operators). Never returns passwords. */
+  /**
+   * Lists every lease journaled in Consul by any replica of the gateway, with the replica that
+   * holds it (for operators). Never returns passwords.
+   */
   listLeases: handleUnaryCall<ListLeasesRequest, ListLeasesResponse>;
 }
 
@@ -2182,7 +2208,8 @@ export interface SecretsClient extends Client {
   ): ClientUnaryCall;
   /**
    * Releases the caller's hold on a lease; the lease is revoked in Vault when nobody holds it.
-   * With `force`, an operator revokes it in Vault at once whoever holds it.
+   * With `force`, an operator revokes it in Vault at once whoever holds it: any lease Vault
+   * still knows, held by this gateway, another replica, or nobody.
    */
   revokeLease(
     request: RevokeLeaseRequest,
@@ -2199,7 +2226,10 @@ export interface SecretsClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: RevokeLeaseResponse) => void,
   ): ClientUnaryCall;
-  /** Lists the leases the gateway holds (for operators). Never returns passwords. */
+  /**
+   * Lists every lease journaled in Consul by any replica of the gateway, with the replica that
+   * holds it (for operators). Never returns passwords.
+   */
   listLeases(
     request: ListLeasesRequest,
     callback: (error: ServiceError | null, response: ListLeasesResponse) => void,
