@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from latchkey_server.errors import Unavailable
+from latchkey_server.errors import InvalidArgument, Unavailable
 from latchkey_server.models import ConfigEntry, HealthStatus, Instance
 from latchkey_server.upstreams.consul_port import CheckState, Saturated
 
@@ -75,6 +75,11 @@ def int_header(headers: Mapping[str, str], name: str, default: int = 0) -> int:
         return int(raw)
     except ValueError:
         return default
+
+
+def check_key(what: str, key: str) -> None:
+    if key.startswith("/"):
+        raise InvalidArgument(f"Consul {what} must not start with '/'")
 
 
 def decode_json(reply: Reply) -> Any:
