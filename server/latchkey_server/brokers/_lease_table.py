@@ -269,14 +269,20 @@ class LeaseTable:
             lease.wake()
 
     def hold_unary(self, lease: Lease, *, extra: bool = True) -> None:
-        """A unary hold (`extra`: a new one) lasting until the lease's current end."""
+        """A unary hold (`extra`: a new one) lasting until the lease's current end.
+
+        The lease's task is woken only when the hold changes its schedule (the first unary
+        hold, or a lease that was unheld): with holds already counted it wakes at the old
+        `unary_until` anyway and finds the later one. Repeated reads stay off the task."""
+        newly_held = lease.unary == 0 or lease.unheld_since is not None
         if extra:
             lease.unary += 1
         until = lease.times.end
         if lease.unary_until is None or until > lease.unary_until:
             lease.unary_until = until
         lease.unheld_since = None
-        lease.wake()
+        if newly_held:
+            lease.wake()
 
     def drop_unary(self, lease: Lease) -> None:
         lease.unary = max(0, lease.unary - 1)
