@@ -141,6 +141,14 @@ def _fmt(value: float | None) -> str:
     return f"{value:.2e}"
 
 
+def _ratio(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return ""
+    if 0 < abs(value) < 0.01:
+        return f"{value:.2g}x"  # e.g. an in-process read against a network hop
+    return f"{value:.2f}x"
+
+
 def table(figures: Sequence[Figure]) -> str:
     """A plain-text table, one row per figure, grouped."""
     header = ("figure", "value", "unit", "peer", "peer value", "ratio", "target", "met")
@@ -159,7 +167,7 @@ def table(figures: Sequence[Figure]) -> str:
                 fig.unit,
                 fig.peer.name if fig.peer else "",
                 _fmt(fig.peer.value) if fig.peer else "",
-                f"{fig.ratio:.2f}x" if fig.ratio is not None and math.isfinite(fig.ratio) else "",
+                _ratio(fig.ratio),
                 fig.target or "",
                 met,
             )

@@ -6,6 +6,7 @@ Times are timezone-aware UTC datetimes. Secret-bearing fields are excluded from 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -48,21 +49,24 @@ class Heartbeat:
 # ---------------------------------------------------------------- KV v2 secrets
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class KvSecret:
-    data: dict[str, Any] = field(repr=False)
+    """A KV v2 secret as Vault returned it. The cache shares one object with every caller:
+    never mutate it (the transport keeps its serialized reply per object)."""
+
+    data: Mapping[str, Any] = field(repr=False)
     version: int
     created_time: datetime | None
-    custom_metadata: dict[str, str]
-    freshness: Freshness | None = None
+    custom_metadata: Mapping[str, str]
 
 
 # ---------------------------------------------------------------- database credentials
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Credential:
-    """A database credential backed by one Vault lease."""
+    """A database credential backed by one Vault lease. Immutable: the transport keeps its
+    serialized reply per object."""
 
     role: str
     username: str

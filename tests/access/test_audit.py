@@ -9,6 +9,8 @@ import io
 import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -325,3 +327,144 @@ def test_load_key_reads_the_key_file(tmp_path: Path) -> None:
         load_key(path)
     with pytest.raises(InvalidArgument, match="cannot be read"):
         load_key(tmp_path / "missing.key")
+
+
+def test_line_is_what_json_dumps_writes(tmp_path: Path) -> None:
+    """The hand-built line equals json.dumps of the same document, for awkward strings too."""
+    audit = AuditLog(tmp_path / "audit.log", KEY)
+    awkward = 'quote" back\\slash /slash \n\t\x00\x1f ünï ☃ \ud800 🎉'
+    record = _record(
+        request_id=awkward, identity=awkward, peer=awkward, rpc=awkward, resource=awkward,
+        kind=awkward, capability=awkward, code=awkward, detail=awkward[:100],
+        returned={awkward: "v", "plain": SECRET}, latency_ms=12.3456789,
+    )  # fmt: skip
+    document = {
+        "time": "2025-01-02T03:04:05.678Z",
+        "request_id": awkward,
+        "identity": awkward,
+        "auth_method": "token",
+        "peer": awkward,
+        "rpc": awkward,
+        "resource": awkward,
+        "kind": awkward,
+        "capability": awkward,
+        "decision": "allow",
+        "code": awkward,
+        "latency_ms": 12.346,
+        "event": "request",
+        "returned": {"plain": _mac(SECRET), awkward: audit.hash_value("v")},
+        "detail": awkward[:100],
+    }
+    expected = json.dumps(document, ensure_ascii=True, separators=(",", ":")) + "\n"
+    assert audit.format_line(record) == expected
+    assert audit.format_line(_record(latency_ms=2)).count('"latency_ms":2,') == 1
+    audit.close()
+
+
+async def test_submit_to_a_file_writes_secret_lines_at_once_and_others_per_iteration(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "audit.log"
+    audit = AuditLog(path, KEY)
+    assert audit._writer is None  # a regular file is written on the event loop
+    for n in range(3):
+        assert audit.submit(_record(request_id=f"q-{n}", returned={}), returns_secret=False) is None
+    assert not path.read_text()  # queued until the end of this loop iteration...
+    # ...unless a secret-returning call needs its line: written now, after those queued before.
+    assert audit.submit(_record(request_id="secret"), returns_secret=True) is None
+    assert [line["request_id"] for line in _lines(path)] == ["q-0", "q-1", "q-2", "secret"]
+    assert audit.submit(_record(request_id="late", returned={}), returns_secret=False) is None
+    await asyncio.sleep(0)  # the loop iteration ends: one write for what it queued
+    assert _lines(path)[-1]["request_id"] == "late"
+    audit.close()
+    assert audit.failures == 0
+
+
+async def test_submit_fails_closed_on_a_full_disk(caplog: pytest.LogCaptureFixture) -> None:
+    audit = AuditLog("/dev/full", KEY)
+    with caplog.at_level(logging.ERROR, logger="latchkey.access.audit"):
+        secret = audit.submit(_record(), returns_secret=True)
+        quiet = audit.submit(_record(decision="deny", returned={}), returns_secret=False)
+        assert secret is not None
+        assert quiet is None
+        with pytest.raises(AuditUnavailable) as err:
+            await secret
+    assert err.value.message == UNAVAILABLE_MESSAGE
+    assert audit.failures == 2  # both lines of the batch
+    assert not audit.healthy
+    assert "/dev/full" in caplog.text
+    assert SECRET not in caplog.text
+    open_ = AuditLog("/dev/full", KEY, fail_closed=False)
+    assert open_.submit(_record(), returns_secret=True) is None  # not fail-closed: no wait
+    open_.close()
+    assert open_.failures == 1
+    audit.close()
+
+
+async def test_submit_after_close_fails_closed(tmp_path: Path) -> None:
+    audit = AuditLog(tmp_path / "audit.log", KEY)
+    audit.close()
+    with pytest.raises(AuditUnavailable):
+        audit.submit(_record(), returns_secret=True)
+    assert audit.failures == 1
+    thread = AuditLog("stdout", KEY)
+    thread.close()
+    waiter = thread.submit(_record(), returns_secret=True)
+    assert waiter is not None
+    with pytest.raises(AuditUnavailable):
+        await waiter
+    assert thread.failures == 1
+
+
+async def test_submit_to_stdout_goes_through_the_writer_thread(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    audit = AuditLog("stdout", KEY)
+    assert audit._writer is not None  # a sink that can block: never written on the event loop
+    waiters = [audit.submit(_record(request_id=f"o-{n}"), returns_secret=True) for n in range(5)]
+    await asyncio.gather(*(w for w in waiters if w is not None))
+    audit.close()
+    out = capsys.readouterr().out
+    assert [json.loads(line)["request_id"] for line in out.splitlines()] == [
+        f"o-{n}" for n in range(5)
+    ]
+    assert SECRET not in out
+
+
+def test_a_regular_file_that_cannot_grow_fails_secret_calls(tmp_path: Path) -> None:
+    """A real failed write to a regular file (the file-size limit: EFBIG), in a child process
+    so that the limit touches nothing else."""
+    script = f"""
+import asyncio, resource
+from datetime import UTC, datetime
+from latchkey_server.access.audit import AuditLog, AuditRecord, AuditUnavailable
+
+def record():
+    return AuditRecord(time=datetime.now(UTC), request_id="r", identity="i", auth_method="token",
+        peer="p", rpc="/x/Y", resource="r", kind="secret", capability="read", decision="allow",
+        code="OK", latency_ms=1.0, returned={{"password": "{SECRET}"}})
+
+async def main():
+    audit = AuditLog({str(tmp_path / "audit.log")!r}, b"k" * 32)
+    assert audit._writer is None  # a regular file is written on the event loop
+    assert audit.submit(record(), returns_secret=True) is None
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1, resource.RLIM_INFINITY))
+    try:
+        audit.submit(record(), returns_secret=True)
+    except AuditUnavailable as exc:
+        print("refused:", exc.message, audit.failures)
+    quiet = audit.submit(record(), returns_secret=False)
+    assert quiet is None
+    await asyncio.sleep(0)
+    print("failures", audit.failures)
+
+asyncio.run(main())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"refused: {UNAVAILABLE_MESSAGE} 1" in done.stdout
+    assert "failures 2" in done.stdout
+    assert SECRET not in done.stderr
+    assert (tmp_path / "audit.log").read_text().count("\n") == 1

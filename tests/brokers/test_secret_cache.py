@@ -38,18 +38,19 @@ def cache_for(vault: FakeVault, clock: Clock, **kwargs: Any) -> SecretCache:
 
 async def test_hit_within_ttl_then_refresh(vault: FakeVault, clock: Clock) -> None:
     cache = cache_for(vault, clock, ttl=30.0)
-    first = await cache.get("secret", "app/db")
+    first, fresh = await cache.get("secret", "app/db")
     assert first.data == {"user": "app", "password": "s3cr3t-value"}
-    assert first.freshness is not None
-    assert first.freshness.index == 1
-    assert not first.freshness.stale
-    assert first.freshness.reachable
+    assert fresh.index == 1
+    assert not fresh.stale
+    assert fresh.reachable
+    again, _ = await cache.get("secret", "app/db")
+    assert again is first  # the cached object itself, shared by every caller
     clock.now += 29
     await cache.get("secret", "app/db")
     assert vault.kv_reads == 1
     vault.put_kv("secret", "app/db", {"user": "app", "password": "rotated"})
     clock.now += 2
-    second = await cache.get("secret", "app/db")
+    second, _ = await cache.get("secret", "app/db")
     assert vault.kv_reads == 2
     assert second.version == 2
     assert second.data["password"] == "rotated"
@@ -58,8 +59,8 @@ async def test_hit_within_ttl_then_refresh(vault: FakeVault, clock: Clock) -> No
 async def test_versions_are_cached_separately(vault: FakeVault, clock: Clock) -> None:
     vault.put_kv("secret", "app/db", {"v": 2})
     cache = cache_for(vault, clock)
-    assert (await cache.get("secret", "app/db", 1)).version == 1
-    assert (await cache.get("secret", "app/db")).version == 2
+    assert (await cache.get("secret", "app/db", 1))[0].version == 1
+    assert (await cache.get("secret", "app/db"))[0].version == 2
     assert vault.kv_reads == 2
 
 
@@ -71,7 +72,7 @@ async def test_concurrent_misses_read_once(vault: FakeVault, clock: Clock) -> No
     vault.read_gate.set()
     results = await asyncio.gather(*gets)
     assert vault.kv_reads == 1
-    assert {r.version for r in results} == {1}
+    assert {secret.version for secret, _ in results} == {1}
 
 
 async def test_not_found_is_cached_briefly(vault: FakeVault, clock: Clock) -> None:
@@ -83,22 +84,20 @@ async def test_not_found_is_cached_briefly(vault: FakeVault, clock: Clock) -> No
     assert vault.kv_reads == 1
     vault.put_kv("secret", "missing", {"now": "here"})
     clock.now += 2.5
-    assert (await cache.get("secret", "missing")).data == {"now": "here"}
+    assert (await cache.get("secret", "missing"))[0].data == {"now": "here"}
     assert vault.kv_reads == 2
 
 
 async def test_stale_if_error(vault: FakeVault, clock: Clock) -> None:
     cache = cache_for(vault, clock, ttl=30.0, stale_limit=300.0)
-    fresh = await cache.get("secret", "app/db")
+    fresh, fresh_state = await cache.get("secret", "app/db")
     vault.set_reachable(False)
     clock.now += 60
-    stale = await cache.get("secret", "app/db")
+    stale, stale_state = await cache.get("secret", "app/db")
     assert stale.data == fresh.data
-    assert stale.freshness is not None
-    assert stale.freshness.stale
-    assert not stale.freshness.reachable
-    assert fresh.freshness is not None
-    assert stale.freshness.confirmed_at == fresh.freshness.confirmed_at
+    assert stale_state.stale
+    assert not stale_state.reachable
+    assert stale_state.confirmed_at == fresh_state.confirmed_at
     reads = vault.kv_reads
     await cache.get("secret", "app/db")  # within the retry pause: no new upstream read
     assert vault.kv_reads == reads
@@ -107,9 +106,8 @@ async def test_stale_if_error(vault: FakeVault, clock: Clock) -> None:
         await cache.get("secret", "app/db")
     assert info.value.retry_after is not None
     vault.set_reachable(True)
-    again = await cache.get("secret", "app/db")
-    assert again.freshness is not None
-    assert not again.freshness.stale
+    _, again = await cache.get("secret", "app/db")
+    assert not again.stale
 
 
 async def test_unavailable_without_a_copy_raises(vault: FakeVault, clock: Clock) -> None:
@@ -144,10 +142,11 @@ async def test_lru_bound(vault: FakeVault, clock: Clock) -> None:
     assert vault.kv_reads == reads + 1
 
 
-async def test_results_are_copies_and_repr_hides_data(vault: FakeVault, clock: Clock) -> None:
+async def test_results_are_read_only_and_repr_hides_data(vault: FakeVault, clock: Clock) -> None:
     cache = cache_for(vault, clock)
-    first = await cache.get("secret", "app/db")
-    first.data["password"] = "tampered"
-    second = await cache.get("secret", "app/db")
+    first, _ = await cache.get("secret", "app/db")
+    with pytest.raises(TypeError):
+        first.data["password"] = "tampered"  # type: ignore[index]
+    second, _ = await cache.get("secret", "app/db")
     assert second.data["password"] == "s3cr3t-value"
     assert "s3cr3t-value" not in repr(second)

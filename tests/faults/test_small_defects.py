@@ -10,6 +10,7 @@ text and an ERROR log line each; and whether a lease existed leaked through the 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -18,6 +19,7 @@ from google.protobuf import duration_pb2
 from latchkey.v1 import gateway_pb2, gateway_pb2_grpc, secrets_pb2, secrets_pb2_grpc
 from latchkey_server.devstack.seed import DEMO_ROLE
 from tests.faults.conftest import GatewayFactory
+from tests.gateway.helpers import eventually
 
 pytestmark = pytest.mark.faults
 
@@ -85,11 +87,17 @@ async def test_status_needs_the_status_capability(
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
         allowed = await stub.Status(gateway_pb2.StatusRequest(), metadata=gw.metadata("other"))
         assert allowed.identity == "other"
-    denied = [
-        line
-        for line in gw.audit_lines()
-        if line["rpc"].endswith("/Status") and line["identity"] == "app"
-    ]
+
+    def denied_lines() -> list[dict[str, Any]]:
+        return [
+            line
+            for line in gw.audit_lines()
+            if line["rpc"].endswith("/Status") and line["identity"] == "app"
+        ]
+
+    # A call that returns no secret is audited just after its reply, by the writer thread.
+    await eventually(lambda: bool(denied_lines()), what="the denied Status audit line")
+    denied = denied_lines()
     assert [(d["kind"], d["capability"], d["decision"]) for d in denied] == [
         ("gateway", "status", "deny")
     ]

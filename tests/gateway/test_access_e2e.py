@@ -188,6 +188,12 @@ async def test_audit_log_has_every_request_and_no_secret(tls_gateway: TlsGateway
         issued = (await stream.read()).issued.credential
         stream.cancel()
         await _code(stub.GetSecret(secrets_pb2.GetSecretRequest(path="billing/root")))
+
+    # Records of calls that return no secret (the denial) are written just after the reply.
+    def denial_written() -> bool:
+        return '"decision":"deny"' in tls_gateway.audit_file.read_text()
+
+    await eventually(denial_written, what="the denied call's audit line")
     text = tls_gateway.audit_file.read_text()
     lines = [json.loads(line) for line in text.splitlines()]
     for value in (secret.data["password"], cred.password, issued.password):

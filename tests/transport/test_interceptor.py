@@ -29,16 +29,19 @@ SECRET_VALUE = "hunter2-do-not-leak"
 
 
 class FakeSecrets:
-    async def get(self, mount: str, path: str, version: int = 0) -> models.KvSecret:
+    async def get(
+        self, mount: str, path: str, version: int = 0
+    ) -> tuple[models.KvSecret, models.Freshness]:
         if path == "missing":
             raise NotFound(f"no secret at {mount}/{path}")
         if path == "down":
             raise Unavailable("vault is unreachable", retry_after=2.5)
         if path == "boom":
             raise RuntimeError(f"driver said {SECRET_VALUE}")
-        return models.KvSecret(
+        secret = models.KvSecret(
             data={"password": SECRET_VALUE}, version=3, created_time=None, custom_metadata={}
         )
+        return secret, models.Freshness(index=3, confirmed_at=models.utcnow())
 
 
 class FakeConfig:

@@ -7,8 +7,10 @@ decision on it; servicers note secret values they return (the audit log writes o
 from __future__ import annotations
 
 import contextvars
+import itertools
+import secrets
 import time
-import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from latchkey_server.models import Identity
@@ -18,11 +20,21 @@ _current: contextvars.ContextVar[RequestInfo | None] = contextvars.ContextVar(
 )
 
 
-@dataclass
+_RUN = secrets.token_hex(8)
+_SEQUENCE = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """Unique across processes and restarts: a random prefix chosen at start, then a sequence
+    number (no system call per request, unlike `uuid4`)."""
+    return f"{_RUN}{next(_SEQUENCE):08x}"
+
+
+@dataclass(slots=True)
 class RequestInfo:
     rpc: str
     peer: str
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    request_id: str = field(default_factory=new_request_id)
     started: float = field(default_factory=time.monotonic)
     identity: Identity | None = None
     kind: str = ""
@@ -47,6 +59,14 @@ def end(token: contextvars.Token[RequestInfo | None]) -> None:
 
 def current_request() -> RequestInfo | None:
     return _current.get()
+
+
+def note_returned_all(values: Mapping[str, str]) -> None:
+    """`note_returned` for each item of `values` (field name -> value)."""
+    info = _current.get()
+    if info is not None and values:
+        info.returns_secrets = True
+        info.returned.update(values)
 
 
 def note_returned(name: str, value: str) -> None:

@@ -7,6 +7,9 @@
   at most `stale_limit` seconds old; older than that, Unavailable is raised. While Vault is
   failing, one read per key is attempted at most every `retry_after` seconds.
 - At most `max_entries` keys are kept, least recently used evicted first.
+
+`get` returns the cached secret object itself (shared by every caller until the entry is
+replaced; its mappings are read-only) with the freshness of this read.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from types import MappingProxyType
 
 from latchkey_server.brokers.singleflight import SingleFlight
 from latchkey_server.errors import InvalidArgument, NotFound, Unavailable
@@ -58,16 +62,20 @@ class SecretCache:
         self._stale_limit = stale_limit
         self._max_entries = max_entries
         self._clock = clock
-        self._counts = (telemetry or Telemetry()).secret_cache
+        counts = (telemetry or Telemetry()).secret_cache
+        # The labelled children, looked up once (a `labels()` call per read cost a microsecond).
+        self._hits, self._misses, self._stale, self._negative = (
+            counts.labels(result=result) for result in ("hit", "miss", "stale", "negative")
+        )
         self._entries: OrderedDict[Key, _Entry] = OrderedDict()
-        self._flight: SingleFlight[Key, KvSecret] = SingleFlight()
+        self._flight: SingleFlight[Key, tuple[KvSecret, Freshness]] = SingleFlight()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    async def get(self, mount: str, path: str, version: int = 0) -> KvSecret:
-        """The secret with `freshness` filled in. NotFound, or Unavailable when Vault is down
-        and no recent enough copy exists."""
+    async def get(self, mount: str, path: str, version: int = 0) -> tuple[KvSecret, Freshness]:
+        """The secret (the cached object, read-only) and how fresh it is. NotFound, or
+        Unavailable when Vault is down and no recent enough copy exists."""
         key = (mount, path, version)
         entry = self._entries.get(key)
         now = self._clock()
@@ -75,18 +83,18 @@ class SecretCache:
             self._entries.move_to_end(key)
             if entry.secret is None:
                 if now - entry.fetched < self._negative_ttl:
-                    self._counts.labels(result="negative").inc()
+                    self._negative.inc()
                     raise NotFound(entry.not_found)
             elif now - entry.fetched < self._ttl:
-                self._counts.labels(result="hit").inc()
+                self._hits.inc()
                 return self._served(entry, stale=False, reachable=self._vault.reachable)
             elif now < entry.retry_at and now - entry.fetched <= self._stale_limit:
-                self._counts.labels(result="stale").inc()
+                self._stale.inc()
                 return self._served(entry, stale=True, reachable=False)
-        self._counts.labels(result="miss").inc()
+        self._misses.inc()
         return await self._flight.do(key, lambda: self._fetch(key))
 
-    async def _fetch(self, key: Key) -> KvSecret:
+    async def _fetch(self, key: Key) -> tuple[KvSecret, Freshness]:
         mount, path, version = key
         try:
             secret = await self._vault.read_kv(mount, path, version)
@@ -100,7 +108,12 @@ class SecretCache:
                 raise
             entry.retry_at = now + min(exc.retry_after or 1.0, self._ttl or 1.0)
             return self._served(entry, stale=True, reachable=False)
-        entry = _Entry(secret, self._clock(), utcnow())
+        shared = replace(
+            secret,
+            data=MappingProxyType(dict(secret.data)),
+            custom_metadata=MappingProxyType(dict(secret.custom_metadata)),
+        )
+        entry = _Entry(shared, self._clock(), utcnow())
         self._store(key, entry)
         return self._served(entry, stale=False, reachable=True)
 
@@ -110,16 +123,11 @@ class SecretCache:
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
 
-    def _served(self, entry: _Entry, *, stale: bool, reachable: bool) -> KvSecret:
-        assert entry.secret is not None
-        freshness = Freshness(
-            index=entry.secret.version,
-            confirmed_at=entry.confirmed_at,
-            stale=stale,
-            reachable=reachable,
-        )
-        # Copy the mapping so a caller mutating its result cannot change the cached value.
-        return replace(entry.secret, data=dict(entry.secret.data), freshness=freshness)
+    @staticmethod
+    def _served(entry: _Entry, *, stale: bool, reachable: bool) -> tuple[KvSecret, Freshness]:
+        secret = entry.secret
+        assert secret is not None
+        return secret, Freshness(secret.version, entry.confirmed_at, stale, reachable)
 
     def age(self, mount: str, path: str, version: int = 0) -> timedelta | None:
         """How old the cached copy is (None: not cached)."""

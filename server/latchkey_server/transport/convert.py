@@ -1,33 +1,73 @@
-"""Domain values to latchkey.v1 messages. Protobuf stays at the edge: only transport uses this."""
+"""Domain values to latchkey.v1 messages. Protobuf stays at the edge: only transport uses this.
+
+Replies served over and over from one cached object (a KV secret, a held credential) are
+serialized once per object (`PerObject`) and sent as bytes; only the freshness of a secret is
+encoded per call. The interceptor's response serializer passes bytes through unchanged.
+"""
 
 from __future__ import annotations
 
 import functools
+import json
 import weakref
-from datetime import datetime, timedelta
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Generic, TypeVar
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from latchkey.v1 import common_pb2, config_pb2, discovery_pb2, secrets_pb2
 from latchkey_server import models
 
+K = TypeVar("K")
+V = TypeVar("V")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class PerObject(Generic[K, V]):
+    """`make(obj)` computed once per live object, dropped when the object is collected.
+
+    Keyed by identity (hashing a big value per call would cost what converting it costs); the
+    objects must be weak-referenceable and never mutated.
+    """
+
+    def __init__(self, make: Callable[[K], V]) -> None:
+        self._make = make
+        self._values: dict[int, V] = {}
+
+    def __call__(self, obj: K) -> V:
+        key = id(obj)
+        value = self._values.get(key)
+        if value is None:
+            value = self._values[key] = self._make(obj)
+            weakref.finalize(obj, self._values.pop, key, None)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._values)
+
 
 def ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """A Timestamp (naive datetimes are taken as UTC, like `Timestamp.FromDatetime`)."""
     if value is None:
         return None
-    out = timestamp_pb2.Timestamp()
-    out.FromDatetime(value)
-    return out
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    since = value - _EPOCH
+    return timestamp_pb2.Timestamp(
+        seconds=since.days * 86400 + since.seconds, nanos=since.microseconds * 1000
+    )
 
 
 def freshness(value: models.Freshness | None) -> common_pb2.Freshness | None:
     if value is None:
         return None
-    age = duration_pb2.Duration()
-    age.FromTimedelta(timedelta(seconds=value.age_seconds()))
+    age = value.age_seconds()
+    whole = int(age)
     return common_pb2.Freshness(
         index=value.index,
-        age=age,
+        age=duration_pb2.Duration(seconds=whole, nanos=int((age - whole) * 1e9)),
         stale=value.stale,
         upstream=upstream_state(value),
         last_contact=ts(value.confirmed_at),
@@ -49,7 +89,9 @@ def heartbeat(value: models.Freshness) -> common_pb2.Heartbeat:
 # ---------------------------------------------------------------- secrets
 
 
-def kv_secret(secret: models.KvSecret) -> secrets_pb2.GetSecretResponse:
+def kv_secret(
+    secret: models.KvSecret, fresh: models.Freshness | None = None
+) -> secrets_pb2.GetSecretResponse:
     data = struct_pb2.Struct()
     data.update(secret.data)
     return secrets_pb2.GetSecretResponse(
@@ -59,16 +101,38 @@ def kv_secret(secret: models.KvSecret) -> secrets_pb2.GetSecretResponse:
             created_time=ts(secret.created_time),
             custom_metadata=secret.custom_metadata,
         ),
-        freshness=freshness(secret.freshness),
+        freshness=freshness(fresh),
     )
 
 
-@functools.lru_cache(maxsize=1024)
-def credential(value: models.Credential) -> secrets_pb2.DatabaseCredential:
-    """Memoised (a Credential never changes; a shared lease is returned many times).
+@dataclass(frozen=True, slots=True)
+class EncodedSecret:
+    """A secret's GetSecretResponse without freshness, serialized, and the values it returns
+    (field name -> value as the audit log hashes it)."""
 
-    Callers copy the result into their reply and never mutate it.
-    """
+    body: bytes
+    returned: Mapping[str, str]
+
+
+def _encode_secret(secret: models.KvSecret) -> EncodedSecret:
+    returned = {
+        f"data.{name}": value if isinstance(value, str) else json.dumps(value)
+        for name, value in secret.data.items()
+    }
+    return EncodedSecret(kv_secret(secret).SerializeToString(), returned)
+
+
+encoded_secret: PerObject[models.KvSecret, EncodedSecret] = PerObject(_encode_secret)
+
+
+def secret_reply(encoded: EncodedSecret, fresh: models.Freshness) -> bytes:
+    """The serialized GetSecretResponse: the cached body, then this read's freshness (a message
+    is the concatenation of its fields, and these two carry different ones)."""
+    tail = secrets_pb2.GetSecretResponse(freshness=freshness(fresh))
+    return encoded.body + tail.SerializeToString()
+
+
+def _convert_credential(value: models.Credential) -> secrets_pb2.DatabaseCredential:
     return secrets_pb2.DatabaseCredential(
         username=value.username,
         password=value.password,
@@ -79,6 +143,23 @@ def credential(value: models.Credential) -> secrets_pb2.DatabaseCredential:
         role=value.role,
         issued_at=ts(value.issued_at),
     )
+
+
+credential: PerObject[models.Credential, secrets_pb2.DatabaseCredential] = PerObject(
+    _convert_credential
+)
+"""The message of a credential, once per live Credential (a shared lease is streamed to many
+watchers) and gone with it, so no password outlives the lease's objects. Callers copy the
+result into their reply and never mutate it."""
+
+
+def _encode_credential(value: models.Credential) -> bytes:
+    reply = secrets_pb2.GetDatabaseCredentialsResponse(credential=credential(value))
+    return reply.SerializeToString()
+
+
+credential_reply: PerObject[models.Credential, bytes] = PerObject(_encode_credential)
+"""The serialized GetDatabaseCredentialsResponse of a credential (it never changes)."""
 
 
 def credential_event(event: models.CredentialEvent) -> secrets_pb2.CredentialEvent:
@@ -138,21 +219,15 @@ def config_event(event: models.ConfigEvent) -> config_pb2.ConfigEvent:
     return _config_event(event)
 
 
-_snapshots: dict[int, config_pb2.ConfigEvent] = {}
+def _convert_snapshot(event: models.ConfigSnapshot) -> config_pb2.ConfigEvent:
+    return _config_event(event)
 
 
-def _config_snapshot(event: models.ConfigSnapshot) -> config_pb2.ConfigEvent:
-    """One conversion per snapshot object, kept exactly as long as the object lives.
-
-    A big prefix's snapshot is shared by every stream that opens while it is current; keyed
-    by identity (hashing megabytes of entries per stream would cost as much as converting).
-    """
-    key = id(event)
-    converted = _snapshots.get(key)
-    if converted is None:
-        converted = _snapshots[key] = _config_event(event)
-        weakref.finalize(event, _snapshots.pop, key, None)
-    return converted
+_config_snapshot: PerObject[models.ConfigSnapshot, config_pb2.ConfigEvent] = PerObject(
+    _convert_snapshot
+)
+"""One conversion per snapshot object, kept exactly as long as the object lives: a big
+prefix's snapshot is shared by every stream that opens while it is current."""
 
 
 @functools.lru_cache(maxsize=64)

@@ -3,9 +3,11 @@
 For each call it: opens the request record; authenticates the caller (bearer token or client
 certificate) and attaches the identity; applies the identity's rate limit; decodes the request
 itself, so undecodable input (e.g. non-UTF-8 strings) is INVALID_ARGUMENT instead of gRPC's
-INTERNAL; maps every error to a status through `errors.abort_with`; and writes the audit log.
-A call that returns secret values is audited *before* the value leaves: if the audit sink
-cannot be written and audit is fail-closed, the call fails with UNAVAILABLE instead.
+INTERNAL; maps every error to a status through `errors.abort_with`; and queues the audit
+record (access/audit.py: a writer thread writes records in batches). A call that returns secret
+values awaits its record's write *before* the value leaves: if the audit sink cannot be written
+and audit is fail-closed, the call fails with UNAVAILABLE instead. A unary reply may come from
+the servicer already serialized (bytes); the response serializer passes it through.
 Authorization happens in the servicers through the access gate, which records its decision on
 the same request record.
 
@@ -21,7 +23,6 @@ decoded still gets INVALID_ARGUMENT, not gRPC's logged UNKNOWN.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -39,7 +40,6 @@ from latchkey_server.access.request import RequestInfo, begin, end
 from latchkey_server.errors import (
     Draining,
     InvalidArgument,
-    LatchkeyError,
     PermissionDenied,
     ResourceExhausted,
     StreamStalled,
@@ -134,12 +134,17 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         *,
         quiet: bool = False,
         detail: str = "",
-    ) -> None:
-        """Write one audit line; raises AuditUnavailable when a secret must not leave unaudited."""
+    ) -> asyncio.Future[None] | None:
+        """Queue one audit line. The returned future (when there is one) must be awaited before
+        a secret leaves: it raises AuditUnavailable when the line could not be written."""
         identity = info.identity
         decision = info.decision
         if error is not None and decision == "n/a":
             decision = "error"
+        returned = info.returned
+        if returned:
+            info.returned = {}  # the record owns the values noted so far
+        latency_ms = info.latency_ms()
         record = AuditRecord(
             time=utcnow(),
             request_id=info.request_id,
@@ -152,30 +157,31 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             capability=info.capability,
             decision=decision,  # type: ignore[arg-type]
             code=status_name(error),
-            latency_ms=info.latency_ms(),
+            latency_ms=latency_ms,
             event=event,  # type: ignore[arg-type]
-            returned=dict(info.returned),
+            returned=returned,
             detail=detail,
         )
         if event in ("request", "stream_end"):
-            self._count(info, record.code, "unary" if event == "request" else "stream")
-        returns_secret = bool(info.returned) and not quiet
-        info.returned.clear()
-        if self._audit_log is not None:
-            self._audit_log.emit(record, returns_secret=returns_secret)
+            kind = "unary" if event == "request" else "stream"
+            self._count(info.rpc, record.code, kind, latency_ms)
+        if self._audit_log is None:
+            return None
+        return self._audit_log.submit(record, returns_secret=bool(returned) and not quiet)
 
-    def _count(self, info: RequestInfo, code: str, kind: str) -> None:
-        method = info.rpc.rsplit("/", 1)[-1]
-        counter = self._counters.get((method, code))
+    def _count(self, rpc: str, code: str, kind: str, latency_ms: float) -> None:
+        counter = self._counters.get((rpc, code))
         if counter is None:
-            counter = self._counters[(method, code)] = self._telemetry.rpc_requests.labels(
+            method = rpc.rsplit("/", 1)[-1]
+            counter = self._counters[(rpc, code)] = self._telemetry.rpc_requests.labels(
                 method, code
             )
-        timer = self._timers.get((method, kind))
+        timer = self._timers.get((rpc, kind))
         if timer is None:
-            timer = self._timers[(method, kind)] = self._telemetry.rpc_duration.labels(method, kind)
+            method = rpc.rsplit("/", 1)[-1]
+            timer = self._timers[(rpc, kind)] = self._telemetry.rpc_duration.labels(method, kind)
         counter.inc()
-        timer.observe(info.latency_ms() / 1000)
+        timer.observe(latency_ms / 1000)
 
     # ---------------------------------------------------------------- wiring
 
@@ -220,7 +226,9 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     identity_token = set_identity(self._admit(context, info))
                     response = await inner_uu(parse(raw), context)
-                    self._audit(info, None, "request")
+                    written = self._audit(info, None, "request")
+                    if written is not None:
+                        await written
                     return response
                 except grpc.aio.AbortError:
                     raise
@@ -233,7 +241,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                     end(request_token)
 
             return grpc.unary_unary_rpc_method_handler(
-                unary, response_serializer=handler.response_serializer
+                unary, response_serializer=_passing_bytes(handler.response_serializer)
             )
         if handler.unary_stream:
             inner_us: Any = handler.unary_stream
@@ -266,7 +274,11 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             async with aclosing(inner(parse(raw), context)) as events:
                 async for item in events:
                     if not opened or info.returned:
-                        self._audit(info, None, "stream_event" if opened else "stream_open")
+                        written = self._audit(
+                            info, None, "stream_event" if opened else "stream_open"
+                        )
+                        if written is not None:
+                            await written
                         opened = True
                     await sender.send(item)
             if opened:
@@ -292,8 +304,18 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
     ) -> None:
         """Audit a failed or cancelled call; never raises (the call is ending anyway)."""
         info.returned.clear()
-        with contextlib.suppress(LatchkeyError):
-            self._audit(info, error, event, quiet=True, detail=detail)
+        self._audit(info, error, event, quiet=True, detail=detail)
+
+
+def _passing_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """The reply serializer, passing through replies a servicer serialized itself (bytes)."""
+    if serialize is None:
+        return None
+
+    def serialized(reply: Any) -> bytes:
+        return reply if type(reply) is bytes else serialize(reply)
+
+    return serialized
 
 
 def _decoding(method: str, handler: Any) -> Any:

@@ -1,8 +1,12 @@
-"""latchkey.v1.Secrets: KV v2 secrets and database credential leases."""
+"""latchkey.v1.Secrets: KV v2 secrets and database credential leases.
+
+GetSecret and GetDatabaseCredentials answer from objects the brokers hand out many times (the
+cached secret, the held credential), so they reply with bytes serialized once per object
+(convert.PerObject); the interceptor passes bytes through its response serializer.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any, Protocol
@@ -15,14 +19,16 @@ from latchkey_server import models
 from latchkey_server.access.authz import ResourceKind
 from latchkey_server.access.context import current_identity
 from latchkey_server.access.gate import AccessGate
-from latchkey_server.access.request import note_returned
+from latchkey_server.access.request import note_returned, note_returned_all
 from latchkey_server.transport import convert, validate
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class SecretSource(Protocol):
-    async def get(self, mount: str, path: str, version: int = 0) -> models.KvSecret: ...
+    async def get(
+        self, mount: str, path: str, version: int = 0
+    ) -> tuple[models.KvSecret, models.Freshness]: ...
 
 
 class LeaseSource(Protocol):
@@ -58,27 +64,27 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServicer):
         self._gate = gate
         self._kv_mount = kv_mount
 
-    async def GetSecret(
+    async def GetSecret(  # type: ignore[override]  # a serialized GetSecretResponse
         self, request: secrets_pb2.GetSecretRequest, context: Context
-    ) -> secrets_pb2.GetSecretResponse:
+    ) -> bytes:
         mount = validate.mount(request.mount, self._kv_mount)
         path = validate.secret_path(request.path)
         identity = current_identity()
         self._gate.authorize(identity, ResourceKind.SECRET, f"{mount}/data/{path}", "read")
-        secret = await self._secrets.get(mount, path, request.version)
-        for field, value in secret.data.items():
-            note_returned(f"data.{field}", value if isinstance(value, str) else json.dumps(value))
-        return convert.kv_secret(secret)
+        secret, fresh = await self._secrets.get(mount, path, request.version)
+        encoded = convert.encoded_secret(secret)
+        note_returned_all(encoded.returned)
+        return convert.secret_reply(encoded, fresh)
 
-    async def GetDatabaseCredentials(
+    async def GetDatabaseCredentials(  # type: ignore[override]  # a serialized response
         self, request: secrets_pb2.GetDatabaseCredentialsRequest, context: Context
-    ) -> secrets_pb2.GetDatabaseCredentialsResponse:
+    ) -> bytes:
         role = validate.name("role", request.role)
         identity = current_identity()
         self._gate.authorize(identity, ResourceKind.DATABASE, role, "read")
         cred = await self._leases.acquire(identity.name, role)
         note_returned("password", cred.password)
-        return secrets_pb2.GetDatabaseCredentialsResponse(credential=convert.credential(cred))
+        return convert.credential_reply(cred)
 
     async def WatchDatabaseCredentials(
         self, request: secrets_pb2.WatchDatabaseCredentialsRequest, context: Context

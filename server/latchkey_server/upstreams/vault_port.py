@@ -76,10 +76,7 @@ class VaultUpstream(Protocol):
         ...
 
     async def read_kv(self, mount: str, path: str, version: int = 0) -> KvSecret:
-        """Read a KV v2 secret (version 0: latest). NotFound when missing, deleted or destroyed.
-
-        The returned secret's `freshness` is None; the cache fills it in.
-        """
+        """Read a KV v2 secret (version 0: latest). NotFound when missing, deleted or destroyed."""
         ...
 
     async def issue_credentials(self, mount: str, role: str) -> IssuedLease:

@@ -66,12 +66,14 @@ class AsyncServices:
         """One healthy instance, chosen `round_robin` or at `random` from the live set (kept
         current by a watch started on first use). Raises `NoHealthyInstances`."""
         key = (name, tag or "")
-        async with self._lock:
-            view = self._live.get(key)
-            if view is None:
-                view = ServiceView(name)
-                await self._start(name, tag, view, lambda event: None)
-                self._live[key] = view
+        view = self._live.get(key)
+        if view is None:
+            async with self._lock:
+                view = self._live.get(key)
+                if view is None:
+                    view = ServiceView(name)
+                    await self._start(name, tag, view, lambda event: None)
+                    self._live[key] = view
         instances = view.current.instances if view.current is not None else []
         return self._picker.pick(name, instances, strategy)
 
