@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from latchkey_server.backoff import Backoff
 from latchkey_server.brokers._reaper import Reaper, revoke_journaled
 from latchkey_server.brokers.journal import (
     REPLICAS,
@@ -326,16 +327,15 @@ class Replica:
 
     async def _forgetter(self) -> None:
         """Delete the records of leases Vault no longer has, retrying while Consul fails."""
-        failures = 0
+        backoff = Backoff(0.5, 10.0)
         while not self._closed:
             await self._forget_wake.wait()
             self._forget_wake.clear()
             if await self._delete_forgotten():
-                failures = 0
+                backoff.reset()
                 continue
-            failures += 1
             self._forget_wake.set()
-            await asyncio.sleep(min(10.0, 0.5 * 2 ** min(failures, 5)))  # retry backoff
+            await asyncio.sleep(backoff.next_delay())
 
     async def _delete_forgotten(self) -> bool:
         for lease_id in list(self._forget):

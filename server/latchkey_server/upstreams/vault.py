@@ -25,6 +25,7 @@ import functools
 import itertools
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -35,10 +36,10 @@ import hvac
 import hvac.exceptions as hvac_exc
 import requests
 
+from latchkey_server import backoff
 from latchkey_server.errors import LatchkeyError, NotFound, PermissionDenied, Unavailable
 from latchkey_server.models import KvSecret
 from latchkey_server.observability.telemetry import Telemetry
-from latchkey_server.upstreams._retry import backoff_delay
 from latchkey_server.upstreams._vault_config import (
     AppRoleAuth,
     FileSecret,
@@ -266,8 +267,11 @@ class VaultAdapter(TokenKeeper):
                             vault_messages(exc))  # fmt: skip
                     raise error from exc
                 await asyncio.sleep(
-                    backoff_delay(
-                        attempt, self.config.retry_base_delay, self.config.retry_max_delay
+                    backoff.delay(
+                        attempt + 1,
+                        self.config.retry_base_delay,
+                        self.config.retry_max_delay,
+                        random.random(),
                     )
                 )
             else:
