@@ -36,6 +36,7 @@ from tests.gateway.helpers import can_login, eventually
 pytestmark = pytest.mark.faults
 
 ROLES = 8
+SERVICE = "latchkey"
 WAIT = 60.0
 """Hang guard: session TTL 3 s (invalidated within 6 s), grace 2 s, revocations well under."""
 
@@ -75,6 +76,14 @@ def _journal(agent: ConsulAgent, replica: str = "") -> list[str]:
     )
     found = [str(item["Key"]) for item in items or []]
     return [k for k in found if not replica or k == key or k.startswith(key + "/")]
+
+
+def _instances(agent: ConsulAgent, *, passing: bool = False) -> set[str]:
+    """`address:port` of every registered (or only the passing) `latchkey` service instance."""
+    _, items = consul.Consul(host="127.0.0.1", port=agent.http_port).health.service(
+        SERVICE, passing=passing
+    )
+    return {f"{i['Service']['Address']}:{i['Service']['Port']}" for i in items}
 
 
 def _restart(gw: GatewayProcess) -> None:
@@ -189,9 +198,11 @@ async def test_a_graceful_stop_leaves_no_journal_keys(
         )
         await asyncio.wait_for(stream.read(), WAIT)
         assert len(_journal(private_consul, _replica(gw))) == 1 + len(creds)
+        assert _instances(private_consul, passing=True) == {gw.addr}
         gw.signal(signal.SIGTERM)
         assert await asyncio.to_thread(gw.wait_exit, WAIT) == 0
     assert _journal(private_consul) == []
+    assert _instances(private_consul) == set(), "the service instance is deregistered"
     assert not any(await _logins(postgres, creds))
 
 
