@@ -252,3 +252,24 @@ async def test_a_replica_rewrites_its_journal_when_consul_comes_back_empty(
     (more,) = await _credentials(gw, _roles(vault_server, 1))
     assert any(key.endswith(more.lease_id) for key in _journal(private_consul, _replica(gw)))
     assert await _logins(postgres, [*creds, more]) == [True] * 3
+
+
+async def test_the_cli_finds_the_replicas_through_consul(
+    gateway_process: GatewayFactory, private_consul: ConsulAgent
+) -> None:
+    gw = gateway_process("cli", consul=private_consul)
+    await eventually(
+        lambda: _instances(private_consul, passing=True) == {gw.addr}, within=WAIT,
+        what="the replica to be registered and passing",
+    )  # fmt: skip
+    addr = f"consul://{private_consul.http_addr}/{SERVICE}"
+    env = clean_env(LATCHKEY_ADDR=addr, LATCHKEY_TOKEN=gw.tokens["app"])
+    cli = await run_cli("status", "--format", "json", env=env)
+    assert cli.code == 0, cli.stderr
+    assert json.loads(cli.stdout)["address"] == gw.addr
+    # No passing replica: a message that says where the client looked and what to check.
+    gw.signal(signal.SIGTERM)
+    assert await asyncio.to_thread(gw.wait_exit, WAIT) == 0
+    cli = await run_cli("status", env=clean_env(LATCHKEY_ADDR=addr, LATCHKEY_TOKEN="x"))
+    assert cli.code != 0
+    assert f"Consul lists no passing instance of service {SERVICE!r}" in cli.stderr, cli.stderr
