@@ -248,6 +248,10 @@ async def test_a_replica_rewrites_its_journal_when_consul_comes_back_empty(
         what="the replica to take a new session and write its journal again",
     )  # fmt: skip
     assert "journal record(s) rewritten" in gw.log_text()
+    await eventually(
+        lambda: _instances(private_consul, passing=True) == {gw.addr}, within=WAIT,
+        what="the replica to register its service instance again",
+    )  # fmt: skip
     # It goes on brokering, journaled as before.
     (more,) = await _credentials(gw, _roles(vault_server, 1))
     assert any(key.endswith(more.lease_id) for key in _journal(private_consul, _replica(gw)))
