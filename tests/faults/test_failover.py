@@ -90,14 +90,17 @@ class Queries:
 
 @dataclass
 class App:
-    """The app: a blocking client on `consul://`, a credential stream with a psycopg pool, and a
-    config watch recording every key put it is told about."""
+    """The app: a blocking client, a credential stream with a psycopg pool, a config watch
+    recording every key put it is told about, and a discovery watch of the gateway's own
+    service (the replicas' ids, as the gateway it is connected to reports them)."""
 
     client: latchkey.Client
     creds: latchkey.RotatingCredentials
     pool: Any
     watch: Any = None
+    replicas_watch: Any = None
     puts: dict[str, list[str]] = field(default_factory=dict)
+    replicas: set[str] = field(default_factory=set)
 
     def on_config(self, event: Any) -> None:
         if isinstance(event, latchkey.ConfigEvent):
@@ -105,9 +108,14 @@ class App:
                 if change.type == "put" and change.entry is not None:
                     self.puts.setdefault(change.key, []).append(change.entry.text)
 
+    def on_replicas(self, event: Any) -> None:
+        if isinstance(event, latchkey.ServiceEvent):
+            self.replicas = {instance.id for instance in event.instances}
+
     def close(self) -> None:
-        if self.watch is not None:
-            self.watch.close()
+        for watch in (self.watch, self.replicas_watch):
+            if watch is not None:
+                watch.close()
         self.pool.close()
         self.creds.close()
         self.client.close()
@@ -118,6 +126,7 @@ def _open_app(addr: str, token: str, role: str, prefix: str, dsn: str) -> App:
     creds = client.database.watch(role)
     app = App(client, creds, lk_psycopg.pool(creds, dsn, size=4, open=True))
     app.watch = client.config.watch(prefix, app.on_config)
+    app.replicas_watch = client.services.watch(SERVICE, app.on_replicas)
     return app
 
 
@@ -149,6 +158,7 @@ async def test_an_app_fails_over_to_another_replica_without_a_failed_query(
         doomed: GatewayProcess = gateways[app.client.address]
         survivor = b if doomed is a else a
         old = app.creds.current
+        assert app.replicas == {_replica(a), _replica(b)}
         queries.start(4)
         await eventually(lambda: len(queries.by(old.username)) >= 20, within=WAIT,
                          what="queries through the first credential")  # fmt: skip
@@ -167,6 +177,9 @@ async def test_an_app_fails_over_to_another_replica_without_a_failed_query(
         _put(private_consul, prefix + "after", "3")  # once the app runs on the survivor
         await eventually(lambda: app.puts.get(prefix + "after") == ["3"], within=WAIT,
                          what="the change written after the failover")  # fmt: skip
+        # The discovery watch resumed on the survivor, which reports the killed replica gone.
+        await eventually(lambda: app.replicas == {_replica(survivor)}, within=WAIT,
+                         what="the killed replica to leave the discovered instances")  # fmt: skip
 
         # The killed replica's credential is revoked by the survivor's reaper.
         deadline = killed + TEST_REPLICA["session_ttl"] + 10
