@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+import latchkey
 from latchkey import ConfigurationError
 from latchkey._consul import ConsulReplicas, parse, targets
 from latchkey._settings import ENV_CONSUL_TOKEN, resolve_settings
@@ -72,3 +73,9 @@ def test_targets_use_the_service_address_else_the_node_address() -> None:
         {"Node": {"Address": "10.0.0.4"}, "Service": {"Address": "x", "Port": 0}},  # no port
     ]
     assert targets(body) == ["10.0.0.1:7400", "10.1.0.9:7401", "[fd00::1]:7400"]
+
+
+def test_a_client_names_where_it_finds_the_gateways_and_does_no_io_until_used() -> None:
+    with latchkey.Client("consul://127.0.0.1:1/latchkey", token="t") as client:
+        assert repr(client) == "<Client addr='consul://127.0.0.1:1/latchkey'>"
+        assert client.address == "consul://127.0.0.1:1/latchkey"
