@@ -41,7 +41,7 @@ from tests.faults.test_replicas import (
 from tests.fixtures.gateway import TEST_REPLICA
 from tests.gateway.helpers import can_login, eventually
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]  # about 15 s each
 
 
 def _put(agent: ConsulAgent, key: str, value: str) -> None:
