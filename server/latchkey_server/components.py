@@ -26,6 +26,7 @@ from latchkey_server.brokers.config_hub import ConfigHub
 from latchkey_server.brokers.consul_watch import WatchSettings
 from latchkey_server.brokers.discovery_hub import DiscoveryHub
 from latchkey_server.brokers.leases import LeaseBroker
+from latchkey_server.brokers.registration import Registration, RegistrationConfig
 from latchkey_server.brokers.replica import Replica, ReplicaConfig, default_replica_id
 from latchkey_server.brokers.secret_cache import SecretCache
 from latchkey_server.config import Settings
@@ -35,6 +36,7 @@ from latchkey_server.observability.collector import GatewayCollector
 from latchkey_server.observability.telemetry import Telemetry
 from latchkey_server.transport.flow import FlowLimits
 from latchkey_server.transport.grpc_server import GrpcConfig, GrpcServer, Sources, TlsMaterial
+from latchkey_server.upstreams._consul_agent import ConsulAgentServices
 from latchkey_server.upstreams._consul_sessions import ConsulSessions
 from latchkey_server.upstreams.consul import ConsulAdapter, ConsulConfig
 from latchkey_server.upstreams.vault import VaultAdapter
@@ -109,6 +111,27 @@ def replica_config(settings: Settings) -> ReplicaConfig:
     )
 
 
+def registration(
+    settings: Settings, consul: ConsulAdapter, config: ReplicaConfig
+) -> Registration | None:
+    replica = settings.replica
+    if not replica.register_service:
+        return None
+    return Registration(
+        RegistrationConfig(
+            service=replica.service,
+            address=replica.advertise_address,
+            port=replica.advertise_port,
+            tags=tuple(replica.service_tags),
+            deregister_after=replica.deregister_after,
+            tls=not settings.insecure,
+        ),
+        ConsulAgentServices(consul),
+        config.id,
+        check_ttl=config.session_ttl,
+    )
+
+
 def watch_settings(settings: Settings) -> WatchSettings:
     consul = settings.consul
     return WatchSettings(
@@ -164,7 +187,11 @@ def build(settings: Settings, *, authorizer: Authorizer | None = None) -> Compon
     vault = VaultAdapter.from_settings(settings.vault, telemetry=telemetry)
     consul = ConsulAdapter(consul_config(settings), telemetry=telemetry)
     watch = watch_settings(settings)
-    replica = Replica(replica_config(settings), ConsulSessions(consul), vault)
+    replica_settings = replica_config(settings)
+    replica = Replica(
+        replica_settings, ConsulSessions(consul), vault,
+        registration=registration(settings, consul, replica_settings),
+    )  # fmt: skip
     leases = LeaseBroker(
         vault,
         mount=settings.vault.database_mount,

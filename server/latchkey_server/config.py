@@ -151,6 +151,21 @@ class ReplicaSettings(_Section):
     reap_grace: float = Field(default=5.0, ge=0)
     """How long a replica whose session died has to come back before another replica's reaper
     revokes the leases it journaled."""
+    register_service: bool = True
+    """Register this replica in its Consul agent as an instance of `replica.service` (a TTL
+    check passed at every session renewal; deregistered on a graceful stop)."""
+    service: str = Field(default="latchkey", pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
+    """Consul service name the replicas register as (`consul://AGENT/<service>` finds them)."""
+    advertise_address: str = ""
+    """Address clients dial, as registered; empty: the host of `listen`, or, when that is a
+    wildcard (0.0.0.0, ::), none, so Consul hands out the agent's node address."""
+    advertise_port: int = Field(default=0, ge=0, le=65535)
+    """Port clients dial, as registered; 0: the port the gateway listens on."""
+    service_tags: list[str] = Field(default_factory=list)
+    """Tags of the registered instance."""
+    deregister_after: float = Field(default=60.0, ge=60)
+    """Seconds the instance's check may stay critical (a killed replica) before the agent
+    removes it (`DeregisterCriticalServiceAfter`; Consul's minimum is 60)."""
 
 
 class CacheSettings(_Section):

@@ -7,7 +7,9 @@ policies) for its duration and restores the previous handlers afterwards, starts
 signal or `request_stop()`, and shuts down. Reads no argv and no environment.
 
 Shutdown order (`shutdown()`):
-1. health reports NOT_SERVING (load balancers and probes stop sending work);
+1. health reports NOT_SERVING (load balancers and probes stop sending work), and the replica
+   deregisters its `latchkey` service instance from Consul (clients that find replicas there
+   move away);
 2. the brokers drain: every open stream ends with UNAVAILABLE, a `retry-after` and a message
    naming the reason, and new streams are refused the same way;
 3. the gRPC server stops, in-flight unary calls get `shutdown_grace` seconds;
@@ -141,6 +143,7 @@ class Gateway:
         for broker in c.brokers:
             await broker.start()
         self.port = await c.grpc.start()
+        await c.replica.announce(self.settings.listen, self.port)  # clients may find it now
         if c.grpc.config.tls is None:
             log.warning("serving PLAINTEXT gRPC (insecure); use TLS anywhere but loopback")
         if c.policies is not None:
@@ -215,6 +218,7 @@ class Gateway:
         if c is not None:
             log.info("draining: %s", reason)
             await c.grpc.not_serving()
+            await c.replica.withdraw()  # consul:// clients move away before streams end
             drain = Draining(
                 f"{reason}: this gateway is draining and closed the stream; reconnect "
                 "(to another gateway, if you have several)",

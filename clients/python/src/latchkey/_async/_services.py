@@ -11,6 +11,7 @@ from latchkey._async._transport import AsyncStream, AsyncTransport
 from latchkey._async._watch import AsyncWatch
 from latchkey._models import Instance, ServiceEvent, StreamStatus
 from latchkey._pick import Picker, Strategy
+from latchkey._settings import Endpoint
 from latchkey._streams import ServiceView
 from latchkey.v1 import discovery_pb2
 
@@ -39,7 +40,7 @@ class AsyncServices:
     async def _start(
         self, name: str, tag: str | None, view: ServiceView, callback: ServiceCallback
     ) -> AsyncWatch:
-        def open_stream() -> tuple[AsyncStream[Any], int]:
+        def open_stream() -> tuple[AsyncStream[Any], Endpoint]:
             request = _convert.watch_service_request(name, tag)
             return self._transport.stream(lambda s: s.discovery.Watch, request)
 

@@ -9,6 +9,7 @@ from typing import Any
 from latchkey import _convert
 from latchkey._models import Instance, ServiceEvent, StreamStatus
 from latchkey._pick import Picker, Strategy
+from latchkey._settings import Endpoint
 from latchkey._streams import ServiceView
 from latchkey._sync._backend import Lock
 from latchkey._sync._transport import Stream, Transport
@@ -40,7 +41,7 @@ class Services:
     def _start(
         self, name: str, tag: str | None, view: ServiceView, callback: ServiceCallback
     ) -> Watch:
-        def open_stream() -> tuple[Stream[Any], int]:
+        def open_stream() -> tuple[Stream[Any], Endpoint]:
             request = _convert.watch_service_request(name, tag)
             return self._transport.stream(lambda s: s.discovery.Watch, request)
 
