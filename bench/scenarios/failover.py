@@ -22,7 +22,7 @@ from bench.scenarios.orphans import Replica, _roles
 from bench.stack import wait_until
 from latchkey.integrations import psycopg as lk_psycopg
 
-GROUP = "10. failover"
+GROUP = "11. failover"
 WORKERS = 4
 
 
