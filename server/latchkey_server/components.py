@@ -33,6 +33,7 @@ from latchkey_server.errors import InvalidArgument
 from latchkey_server.models import utcnow
 from latchkey_server.observability.collector import GatewayCollector
 from latchkey_server.observability.telemetry import Telemetry
+from latchkey_server.observability.tracing import Tracing, TracingConfig
 from latchkey_server.transport.flow import FlowLimits
 from latchkey_server.transport.grpc_server import GrpcConfig, GrpcServer, Sources, TlsMaterial
 from latchkey_server.upstreams._consul_sessions import ConsulSessions
@@ -58,6 +59,7 @@ class Components:
     config: ConfigHub
     discovery: DiscoveryHub
     grpc: GrpcServer
+    tracing: Tracing = field(default_factory=Tracing)
     started_at: datetime = field(default_factory=utcnow)
 
     @property
@@ -134,6 +136,18 @@ def grpc_config(settings: Settings) -> GrpcConfig:
     )
 
 
+def tracing_config(settings: Settings) -> TracingConfig:
+    t = settings.tracing
+    return TracingConfig(
+        enabled=t.enabled,
+        exporter=t.exporter,
+        endpoint=t.endpoint,
+        file=t.file,
+        sample_ratio=t.sample_ratio,
+        service_name=t.service_name,
+    )
+
+
 def _authenticator(settings: Settings) -> Authenticator:
     tokens = TokenStore.load(settings.auth.tokens_file) if settings.auth.tokens_file else None
     if tokens is None and settings.tls.client_ca_file is None:
@@ -200,6 +214,7 @@ def build(settings: Settings, *, authorizer: Authorizer | None = None) -> Compon
         watch_settings=watch,
     )
     started_at = utcnow()
+    tracing = Tracing(tracing_config(settings))
     grpc = GrpcServer(
         grpc_config(settings),
         Sources(
@@ -215,6 +230,7 @@ def build(settings: Settings, *, authorizer: Authorizer | None = None) -> Compon
         audit=audit,
         limiter=RateLimiter(settings.limits.requests_per_second, settings.limits.burst),
         telemetry=telemetry,
+        tracing=tracing,
     )
     telemetry.registry.register(
         GatewayCollector(
@@ -246,5 +262,6 @@ def build(settings: Settings, *, authorizer: Authorizer | None = None) -> Compon
         config=config,
         discovery=discovery,
         grpc=grpc,
+        tracing=tracing,
         started_at=started_at,
     )

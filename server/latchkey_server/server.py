@@ -13,7 +13,8 @@ Shutdown order (`shutdown()`):
 3. the gRPC server stops, in-flight unary calls get `shutdown_grace` seconds;
 4. the lease broker revokes every lease it holds; the replica removes their journal records,
    gives back its replica key and ends its Consul session;
-5. the upstream adapters close (and the audit log, and the metrics listener).
+5. the upstream adapters close (and the audit log, the tracer provider, flushing its spans, and
+   the metrics listener).
 """
 
 from __future__ import annotations
@@ -229,6 +230,7 @@ class Gateway:
             await c.consul.close()
             await c.vault.close()
             c.audit.close()
+            c.tracing.shutdown()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

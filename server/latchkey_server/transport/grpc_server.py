@@ -27,6 +27,7 @@ from latchkey_server.access.gate import AccessGate
 from latchkey_server.access.ratelimit import RateLimiter
 from latchkey_server.errors import InvalidArgument
 from latchkey_server.observability.telemetry import Telemetry
+from latchkey_server.observability.tracing import Tracing
 from latchkey_server.transport.config import ConfigServicer, ConfigSource
 from latchkey_server.transport.discovery import DiscoveryServicer, DiscoverySource
 from latchkey_server.transport.flow import FlowLimits
@@ -105,13 +106,15 @@ class GrpcServer:
         audit: AuditLog | None = None,
         limiter: RateLimiter | None = None,
         telemetry: Telemetry | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.config = config
         kv_mount = config.kv_mount
         self._health = health.aio.HealthServicer()
         interceptor = GatewayInterceptor(
-            authn, audit=audit, limiter=limiter, telemetry=telemetry, flow=config.flow
-        )
+            authn, audit=audit, limiter=limiter, telemetry=telemetry, flow=config.flow,
+            tracing=tracing,
+        )  # fmt: skip
         self._interceptor = interceptor
         server = grpc.aio.server(interceptors=[interceptor], options=GRPC_OPTIONS)
         secrets_pb2_grpc.add_SecretsServicer_to_server(
