@@ -36,6 +36,7 @@ from latchkey_server.observability.telemetry import Telemetry
 from latchkey_server.observability.tracing import Tracing, TracingConfig
 from latchkey_server.transport.flow import FlowLimits
 from latchkey_server.transport.grpc_server import GrpcConfig, GrpcServer, Sources, TlsMaterial
+from latchkey_server.transport.tls import TlsFiles
 from latchkey_server.upstreams._consul_sessions import ConsulSessions
 from latchkey_server.upstreams.consul import ConsulAdapter, ConsulConfig
 from latchkey_server.upstreams.vault import VaultAdapter
@@ -133,7 +134,15 @@ def grpc_config(settings: Settings) -> GrpcConfig:
         tls=tls_material(settings),
         kv_mount=settings.vault.kv_mount,
         flow=flow_limits(settings),
+        tls_files=tls_files(settings),
     )
+
+
+def tls_files(settings: Settings) -> TlsFiles | None:
+    tls = settings.tls
+    if settings.insecure or tls.cert_file is None or tls.key_file is None:
+        return None
+    return TlsFiles(cert=tls.cert_file, key=tls.key_file, client_ca=tls.client_ca_file)
 
 
 def tracing_config(settings: Settings) -> TracingConfig:

@@ -181,6 +181,8 @@ class TlsSettings(_Section):
     require_client_cert: bool = True
     """With client_ca_file: every client must present a certificate it signed (mTLS).
     False: client certificates are not requested at all (TLS with bearer tokens only)."""
+    reload_interval: float = Field(default=5.0, gt=0)
+    """Seconds between checks of the three files for changes (SIGHUP reloads at once)."""
 
 
 class AuditSettings(_Section):

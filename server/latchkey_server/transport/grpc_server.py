@@ -34,6 +34,7 @@ from latchkey_server.transport.flow import FlowLimits
 from latchkey_server.transport.gateway import GatewayServicer, UpstreamHealth
 from latchkey_server.transport.interceptor import GatewayInterceptor
 from latchkey_server.transport.secrets import LeaseSource, SecretSource, SecretsServicer
+from latchkey_server.transport.tls import ServerTls, TlsFiles
 
 SECRETS_SERVICE = secrets_pb2.DESCRIPTOR.services_by_name["Secrets"].full_name
 CONFIG_SERVICE = config_pb2.DESCRIPTOR.services_by_name["Config"].full_name
@@ -79,6 +80,8 @@ class GrpcConfig:
     """Default KV v2 mount for GetSecret when the request names none."""
     flow: FlowLimits = dataclasses.field(default_factory=FlowLimits)
     """Bounds on what streams may keep queued (transport/flow.py)."""
+    tls_files: TlsFiles | None = None
+    """Where `tls` was read from: re-read on `reload_tls()` (certificate rotation)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,9 @@ class GrpcServer:
             tracing=tracing,
         )  # fmt: skip
         self._interceptor = interceptor
+        self._tls_reloads = telemetry.tls_reloads if telemetry is not None else None
+        self.tls: ServerTls | None = None
+        """The dynamic TLS credentials once bound (None: plaintext)."""
         server = grpc.aio.server(interceptors=[interceptor], options=GRPC_OPTIONS)
         secrets_pb2_grpc.add_SecretsServicer_to_server(
             SecretsServicer(sources.secrets, sources.leases, gate, kv_mount=kv_mount), server
@@ -154,12 +160,15 @@ class GrpcServer:
         if tls is None:
             port = self._server.add_insecure_port(listen)
         else:
-            credentials = grpc.ssl_server_credentials(
-                [(tls.private_key, tls.certificate_chain)],
-                root_certificates=tls.client_ca,
-                require_client_auth=tls.client_ca is not None and tls.require_client_cert,
+            self.tls = ServerTls(
+                tls.certificate_chain,
+                tls.private_key,
+                tls.client_ca,
+                require_client_cert=tls.require_client_cert,
+                files=self.config.tls_files,
+                reloads=self._tls_reloads,
             )
-            port = self._server.add_secure_port(listen, credentials)
+            port = self._server.add_secure_port(listen, self.tls.credentials())
         return port
 
     async def set_serving(self, service: str, serving: bool) -> None:

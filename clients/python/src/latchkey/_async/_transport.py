@@ -1,5 +1,10 @@
 """The asyncio transport: lazily created channels, failover between gateways, retries of
-UNAVAILABLE with backoff, and error translation at every stub call."""
+UNAVAILABLE with backoff, and error translation at every stub call.
+
+Channels are built from the TLS files' current material: when the files change (`_tls.py`),
+new calls go over new channels, and the channels already open keep serving their streams until
+the client closes. With OpenTelemetry importable, each call carries the app's trace context
+(`_tracing.py`)."""
 
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ from latchkey._errors import LatchkeyError
 from latchkey._grpc import CHANNEL_OPTIONS, channel_credentials, metadata, translate
 from latchkey._retry import Backoff, is_retryable
 from latchkey._settings import ClientSettings, Endpoint
+from latchkey._tls import TlsMaterial, TlsReloader
+from latchkey._tracing import client_span, rpc_name, with_context
 from latchkey.v1 import config_pb2_grpc, discovery_pb2_grpc, gateway_pb2_grpc, secrets_pb2_grpc
 
 if TYPE_CHECKING:
@@ -70,7 +77,12 @@ class AsyncTransport:
         self._backoff = backoff or Backoff()
         self._metadata = metadata(settings)
         self._channels: dict[int, grpc_aio.Channel] = {}
+        self._retired: list[grpc_aio.Channel] = []
         self._stubs: dict[int, AsyncStubs] = {}
+        self._tls = TlsReloader(
+            settings.tls_files,
+            TlsMaterial(settings.cacert, settings.client_cert, settings.client_key),
+        )
         self._active = 0
         self._lock = AsyncLock()
         self._closed = False
@@ -80,13 +92,21 @@ class AsyncTransport:
         """The gateway address currently in use."""
         return self.settings.endpoints[self._active].target
 
+    def _refresh_tls(self, *, force: bool = False) -> None:
+        """New TLS material in the files: later calls open new channels with it."""
+        if self._tls.refresh(monotonic(), force=force):
+            self._retired.extend(self._channels.values())
+            self._channels.clear()
+            self._stubs.clear()
+
     def _stubs_for(self, index: int) -> AsyncStubs:
+        self._refresh_tls()
         stubs = self._stubs.get(index)
         if stubs is None:
             if self._closed:
                 raise LatchkeyError("the client is closed")
             endpoint = self.settings.endpoints[index]
-            creds = channel_credentials(self.settings, endpoint)
+            creds = channel_credentials(self.settings, endpoint, self._tls.material)
             if creds is None:
                 channel = grpc_aio.insecure_channel(endpoint.target, options=CHANNEL_OPTIONS)
             else:
@@ -114,6 +134,16 @@ class AsyncTransport:
         timeout: float | None = None,  # noqa: ASYNC109 - the per-attempt gRPC deadline
     ) -> Resp:
         """Call a unary RPC; UNAVAILABLE is retried (on the next gateway) within the deadline."""
+        with client_span(rpc_name(method(self._stubs_for(self._active))), self._metadata) as md:
+            return await self._unary(method, request, md, timeout)
+
+    async def _unary(
+        self,
+        method: Callable[[AsyncStubs], grpc_aio.UnaryUnaryMultiCallable[Req, Resp]],
+        request: Req,
+        metadata: tuple[tuple[str, str], ...],
+        timeout: float | None,  # noqa: ASYNC109 - the per-attempt gRPC deadline
+    ) -> Resp:
         deadline = monotonic() + self.settings.retry_deadline
         attempt = 0
         while True:
@@ -122,7 +152,7 @@ class AsyncTransport:
                 call = method(self._stubs_for(index))
                 response: Resp = await call(
                     request,
-                    metadata=self._metadata,
+                    metadata=metadata,
                     timeout=timeout if timeout is not None else self.settings.timeout,
                 )
                 return response
@@ -130,6 +160,7 @@ class AsyncTransport:
                 error = translate(exc, self.settings, self.settings.endpoints[index])
             if not is_retryable(error):
                 raise error
+            self._refresh_tls(force=True)  # a renewed certificate may be why it failed
             self.failover(index)
             delay = self._backoff.delay(attempt, error.retry_after)
             if monotonic() + delay > deadline:
@@ -144,14 +175,15 @@ class AsyncTransport:
     ) -> tuple[AsyncStream[Resp], int]:
         """Open a server stream on the active gateway; returns it with the gateway's index."""
         index = self._active
-        call = method(self._stubs_for(index))(request, metadata=self._metadata)
+        call = method(self._stubs_for(index))(request, metadata=with_context(self._metadata))
         return AsyncStream(call, self.settings, self.settings.endpoints[index]), index
 
     async def aclose(self) -> None:
         async with self._lock:
             self._closed = True
-            channels = list(self._channels.values())
+            channels = [*self._channels.values(), *self._retired]
             self._channels.clear()
+            self._retired.clear()
             self._stubs.clear()
         for channel in channels:
             await channel.close()
