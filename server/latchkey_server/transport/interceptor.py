@@ -248,9 +248,9 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                     try:
                         identity_token = set_identity(self._admit(context, info))
                         response = await inner_uu(parse(raw), context)
-                        written = self._audit(info, None, "request")
-                        if written is not None:
-                            with child_span("audit.write"):
+                        with child_span("audit.write"):
+                            written = self._audit(info, None, "request")
+                            if written is not None:
                                 await written
                         end_status(span, "OK")
                         return response
@@ -313,11 +313,11 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             async with aclosing(inner(parse(raw), context)) as events:
                 async for item in events:
                     if not opened or info.returned:
-                        written = self._audit(
-                            info, None, "stream_event" if opened else "stream_open"
-                        )
-                        if written is not None:
-                            with child_span("audit.write"):
+                        with child_span("audit.write"):
+                            written = self._audit(
+                                info, None, "stream_event" if opened else "stream_open"
+                            )
+                            if written is not None:
                                 await written
                         opened = True
                     if span is not None:
