@@ -43,7 +43,7 @@ def test_off_by_default_and_file_needs_a_path() -> None:
         assert span is None
         with child_span("vault kv_read") as child:
             assert child is None
-    with pytest.raises(ValueError, match="tracing.file"):
+    with pytest.raises(ValueError, match=r"tracing\.file"):
         TracingSettings(enabled=True, exporter="file")
 
 
