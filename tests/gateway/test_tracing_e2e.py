@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import consul
 import hvac
 import pytest
 from opentelemetry import trace
@@ -21,6 +22,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import latchkey
+from latchkey.v1 import config_pb2, config_pb2_grpc
 from latchkey_server.devstack.consul import ConsulAgent
 from latchkey_server.devstack.postgres import PostgresCluster
 from latchkey_server.devstack.seed import DEMO_ROLE
@@ -125,3 +127,49 @@ async def test_one_call_is_one_trace_from_app_to_vault(
     for value in (password, SECRET_VALUE, SECRET_PATH, token, demo_env["approle"].secret_id):
         assert value not in text
     assert vault_server.root_token not in text
+
+
+async def test_a_stream_is_one_span_with_an_event_per_message(
+    demo_env: dict[str, Any], consul_agent: ConsulAgent, vault_server: Any,
+    postgres: PostgresCluster, tmp_path: Path,
+) -> None:  # fmt: skip
+    kv = consul.Consul(host="127.0.0.1", port=consul_agent.http_port).kv
+    prefix = f"tracewatch/{tmp_path.name[-8:]}/"
+    kv.put(prefix + "a", "first-value-9c1")
+    spans_file = tmp_path / "spans.jsonl"
+    handle = await start_gateway(
+        demo_env, consul_agent, vault_server, postgres,
+        tracing={"enabled": True, "exporter": "file", "file": str(spans_file)},
+    )  # fmt: skip
+    caller_trace = "0af7651916cd43dd8448eb211c80319c"
+    metadata = (*handle.metadata(), ("traceparent", f"00-{caller_trace}-b7ad6b7169203331-01"))
+    try:
+        async with handle.channel() as channel:
+            watch = config_pb2_grpc.ConfigStub(channel).Watch(
+                config_pb2.WatchConfigRequest(prefix=prefix), metadata=metadata
+            )
+            kinds = []
+            while "change" not in kinds:
+                event = await watch.read()
+                kinds.append(event.WhichOneof("event"))
+                if kinds == ["snapshot"]:
+                    kv.put(prefix + "b", "second-value-4d2")
+            watch.cancel()
+
+            def stream_span_written() -> bool:
+                return any(s["name"] == "latchkey.v1.Config/Watch" for s in _spans(spans_file))
+
+            await eventually(stream_span_written, what="the stream's span once it ended")
+    finally:
+        await handle.gateway.stop()
+    spans = [s for s in _spans(spans_file) if s["context"]["trace_id"] == f"0x{caller_trace}"]
+    (stream,) = [s for s in spans if s["name"] == "latchkey.v1.Config/Watch"]
+    assert stream["parent_id"] == "0xb7ad6b7169203331"
+    assert [e["name"] for e in stream["events"]] == ["snapshot", "change"]
+    assert stream["attributes"]["latchkey.stream_end"] == "client_cancel"
+    consul_spans = [s for s in spans if s["name"].startswith("consul ")]
+    assert consul_spans
+    assert all(s["parent_id"] == stream["context"]["span_id"] for s in consul_spans)
+    text = spans_file.read_text()
+    for value in ("first-value-9c1", "second-value-4d2", prefix, handle.tokens["app"]):
+        assert value not in text
