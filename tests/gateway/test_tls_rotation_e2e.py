@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import shutil
+import signal
 import socket
 import ssl
 from pathlib import Path
@@ -36,7 +37,8 @@ from latchkey_server.access.certs import init_ca, issue_client, issue_server
 from latchkey_server.devstack.consul import ConsulAgent
 from latchkey_server.devstack.postgres import PostgresCluster
 from latchkey_server.devstack.seed import READONLY_CREATION
-from tests.fixtures.gateway import start_gateway
+from latchkey_server.server import Gateway
+from tests.fixtures.gateway import gateway_settings, start_gateway
 from tests.gateway.helpers import eventually
 
 NAMES = ("server.crt", "server.key", "ca.crt")
@@ -197,3 +199,44 @@ async def test_certificates_rotate_under_open_streams(
         key = (authority / "server.key").read_text()
         body = "".join(key.splitlines()[1:-1])
         assert body[:40] not in caplog.text
+
+
+async def test_sighup_reloads_the_certificate(
+    demo_env: dict[str, Any], consul_agent: ConsulAgent, vault_server: Any, tmp_path: Path
+) -> None:
+    """The real signal, delivered to a gateway run by `serve()` (which installs the handlers);
+    files are not polled in between (an hour's interval), so only SIGHUP can reload them."""
+    old, new = _authority(tmp_path, "ca-old"), _authority(tmp_path, "ca-new")
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    _publish(tls, old)
+    for name in NAMES:
+        (tls / name).symlink_to(Path("current") / name)
+    settings = gateway_settings(
+        consul_addr=consul_agent.http_addr, vault_addr=vault_server.addr,
+        role_id=demo_env["approle"].role_id, secret_id=demo_env["approle"].secret_id,
+        tokens_file=demo_env["tokens_file"], policies_dir=demo_env["policies_dir"],
+        audit_file=demo_env["audit_file"], insecure=False,
+        tls={"cert_file": str(tls / "server.crt"), "key_file": str(tls / "server.key"),
+             "client_ca_file": str(tls / "ca.crt"), "reload_interval": 3600},
+    )  # fmt: skip
+    gateway = Gateway(settings)
+    listening: asyncio.Queue[str] = asyncio.Queue()
+    serving = asyncio.create_task(gateway.serve(announce=listening.put_nowait))
+    try:
+        port = int((await asyncio.wait_for(listening.get(), 60)).rsplit(":", 1)[1])
+        registry = gateway.components.telemetry.registry
+
+        def reloaded() -> bool:
+            value = registry.get_sample_value("latchkey_tls_reloads_total", {"result": "ok"})
+            return value == 1
+
+        _publish(tls, new)
+        assert not reloaded()
+        os.kill(os.getpid(), signal.SIGHUP)
+        await eventually(reloaded, what="SIGHUP to reload the TLS files")
+        fresh = await asyncio.to_thread(_peer_certificate, port, new)
+        assert fresh == _der(new / "server.crt")
+    finally:
+        gateway.request_stop("test over")
+        await serving

@@ -39,7 +39,7 @@ def _tracing(tmp_path: Path) -> tuple[Tracing, Path]:
 def test_off_by_default_and_file_needs_a_path() -> None:
     assert not TracingSettings().enabled
     assert not Tracing().enabled
-    with Tracing().server_span("/latchkey.v1.Secrets/GetSecret", ()) as span:
+    with Tracing().server_span("/latchkey.v1.Secrets/GetSecret", tuple) as span:
         assert span is None
         with child_span("vault kv_read") as child:
             assert child is None
@@ -50,7 +50,7 @@ def test_off_by_default_and_file_needs_a_path() -> None:
 def test_server_span_continues_the_caller_and_children_nest(tmp_path: Path) -> None:
     tracing, out = _tracing(tmp_path)
     metadata = (("traceparent", f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"), ("authorization", "x"))
-    with tracing.server_span("/latchkey.v1.Config/Watch", metadata) as span:
+    with tracing.server_span("/latchkey.v1.Config/Watch", lambda: metadata) as span:
         assert span is not None
         assert current_trace_id() == CALLER_TRACE
         with child_span("consul kv_list", {"latchkey.operation": "kv_list"}):
@@ -82,7 +82,7 @@ async def test_single_flight_join_is_marked_and_linked(tmp_path: Path) -> None:
         return 7
 
     async def call(rpc: str) -> int:
-        with tracing.server_span(rpc, ()):
+        with tracing.server_span(rpc, tuple):
             return await flight.do("key", upstream)
 
     leader = asyncio.create_task(call("/latchkey.v1.Secrets/GetSecret"))
@@ -110,7 +110,7 @@ async def test_single_flight_join_is_marked_and_linked(tmp_path: Path) -> None:
 def test_json_logs_carry_the_trace_id(tmp_path: Path) -> None:
     tracing, _ = _tracing(tmp_path)
     record = logging.LogRecord("latchkey.test", logging.INFO, __file__, 1, "hello", None, None)
-    with tracing.server_span("/latchkey.v1.Secrets/GetSecret", ()):
+    with tracing.server_span("/latchkey.v1.Secrets/GetSecret", tuple):
         RequestIdFilter().filter(record)
         expected = current_trace_id()
     line = json.loads(JsonFormatter().format(record))

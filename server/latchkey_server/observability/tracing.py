@@ -20,7 +20,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
@@ -58,6 +59,8 @@ Exporter = Literal["otlp", "file", "console"]
 AttributeValue = str | bool | int | float
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+_NO_SPAN: AbstractContextManager[None] = contextlib.nullcontext(None)
+"""What the span functions return when there is nothing to trace (reusable, no generator)."""
 _tracer: contextvars.ContextVar[trace.Tracer | None] = contextvars.ContextVar(
     "latchkey_tracer", default=None
 )
@@ -118,17 +121,22 @@ class Tracing:
     def enabled(self) -> bool:
         return self._tracer is not None
 
-    @contextlib.contextmanager
     def server_span(
-        self, rpc: str, metadata: Iterable[tuple[str, str | bytes]] | None
-    ) -> Iterator[Span | None]:
-        """The span of one RPC (`/pkg.Service/Method`), child of the caller's `traceparent`,
-        current (with this tracer) until the block ends. Yields None when tracing is off."""
+        self, rpc: str, metadata: Callable[[], Iterable[tuple[str, str | bytes]] | None]
+    ) -> AbstractContextManager[Span | None]:
+        """The span of one RPC (`/pkg.Service/Method`), child of the caller's `traceparent`
+        (read from `metadata()` only when tracing is on), current (with this tracer) until the
+        block ends. Yields None when tracing is off."""
         tracer = self._tracer
         if tracer is None:
-            yield None
-            return
-        carrier = {k: v for k, v in metadata or () if isinstance(v, str)}
+            return _NO_SPAN
+        return self._server_span(tracer, rpc, metadata() or ())
+
+    @contextlib.contextmanager
+    def _server_span(
+        self, tracer: trace.Tracer, rpc: str, metadata: Iterable[tuple[str, str | bytes]]
+    ) -> Iterator[Span]:
+        carrier = {k: v for k, v in metadata if isinstance(v, str)}
         parent = _PROPAGATOR.extract(carrier)
         service, _, method = rpc.lstrip("/").rpartition("/")
         token = _tracer.set(tracer)
@@ -188,21 +196,29 @@ def current_span_context() -> SpanContext | None:
     return span.get_span_context() if span.is_recording() else None
 
 
-@contextlib.contextmanager
 def child_span(
     name: str,
     attributes: Mapping[str, AttributeValue] | None = None,
     *,
     links: Iterable[SpanContext | None] = (),
-) -> Iterator[Span | None]:
+) -> AbstractContextManager[Span | None]:
     """A client/internal span under the RPC span being served, or nothing (yields None) when no
     traced RPC is open in this context: background work (watch loops, renewals of leases nobody
     is waiting on) makes no orphan traces. An exception ends the span with its class name only.
     """
     tracer = _tracer.get()
     if tracer is None or not trace.get_current_span().is_recording():
-        yield None
-        return
+        return _NO_SPAN
+    return _child_span(tracer, name, attributes, links)
+
+
+@contextlib.contextmanager
+def _child_span(
+    tracer: trace.Tracer,
+    name: str,
+    attributes: Mapping[str, AttributeValue] | None,
+    links: Iterable[SpanContext | None],
+) -> Iterator[Span]:
     kind = SpanKind.CLIENT if name.startswith(("vault", "consul")) else SpanKind.INTERNAL
     with tracer.start_as_current_span(
         name,

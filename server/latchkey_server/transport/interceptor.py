@@ -242,7 +242,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                 info = RequestInfo(rpc=method, peer=context.peer() or "")
                 request_token = begin(info)
                 identity_token = None
-                with self._tracing.server_span(method, context.invocation_metadata()) as span:
+                with self._tracing.server_span(method, context.invocation_metadata) as span:
                     if span is not None:
                         info.trace_id = current_trace_id()
                     try:
@@ -287,7 +287,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         context: Context,
     ) -> None:
         """Run one server stream in this (the call's own) task, and end it exactly once."""
-        with self._tracing.server_span(method, context.invocation_metadata()) as span:
+        with self._tracing.server_span(method, context.invocation_metadata) as span:
             await self._stream_in_span(span, method, inner, parse, raw, context)
 
     async def _stream_in_span(
