@@ -105,7 +105,8 @@ class Tracing:
         if config.exporter == "otlp":
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-            return BatchSpanProcessor(OTLPSpanExporter(endpoint=config.endpoint))
+            # A short export deadline: a collector that is down costs shutdown at most that.
+            return BatchSpanProcessor(OTLPSpanExporter(endpoint=config.endpoint, timeout=2))
         exporter: SpanExporter
         if config.exporter == "file":
             assert config.file is not None  # the settings require it
