@@ -23,7 +23,7 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
         self.service_names: set[str] = set()
         self.received = threading.Event()
 
-    def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - the generated name
+    def Export(self, request: Any, context: Any) -> Any:
         for resource_spans in request.resource_spans:
             for attr in resource_spans.resource.attributes:
                 if attr.key == "service.name":
@@ -51,9 +51,12 @@ def test_spans_reach_an_otlp_receiver(receiver: tuple[Receiver, int]) -> None:
         TracingConfig(enabled=True, exporter="otlp", endpoint=f"http://127.0.0.1:{port}",
                       service_name="latchkey-test")
     )  # fmt: skip
-    with tracing.server_span("/latchkey.v1.Secrets/GetSecret", tuple):
-        with child_span("vault kv_read", {"latchkey.operation": "kv_read"}):
-            pass
+    # (the child span is made after the server span is entered, as nested blocks would)
+    with (
+        tracing.server_span("/latchkey.v1.Secrets/GetSecret", tuple),
+        child_span("vault kv_read", {"latchkey.operation": "kv_read"}),
+    ):
+        pass
     tracing.shutdown()  # flushes the batch
     assert servicer.received.wait(30)
     by_name = {span.name: span for span in servicer.spans}
