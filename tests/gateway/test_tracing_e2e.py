@@ -9,6 +9,7 @@ writes to a file with its own provider.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,17 @@ async def test_one_call_is_one_trace_from_app_to_vault(
         password = creds.password.get_secret_value()
         assert secret.data["api_key"] == SECRET_VALUE
 
+        def sync_call_in_app_span() -> Any:
+            """The blocking client (generated from the async one), inside an app span."""
+            with (
+                trace.get_tracer("app").start_as_current_span("app handler") as app_span,
+                latchkey.Client(handle.addr, token=token) as sync_client,
+            ):
+                sync_client.status()
+            return app_span.get_span_context()
+
+        app_ctx = await asyncio.to_thread(sync_call_in_app_span)
+
         client_span = next(
             s for s in app_spans.get_finished_spans()
             if s.name == "latchkey.v1.Secrets/GetDatabaseCredentials"
@@ -90,6 +102,15 @@ async def test_one_call_is_one_trace_from_app_to_vault(
             return any(s["kind"] == "SpanKind.SERVER" for s in in_trace())
 
         await eventually(server_span_written, what="the gateway's server span in the file")
+
+        def status_span_written() -> bool:
+            return any(
+                s["name"] == "latchkey.v1.Gateway/Status"
+                and s["context"]["trace_id"] == _hex(app_ctx.trace_id, 32)
+                for s in _spans(spans_file)
+            )
+
+        await eventually(status_span_written, what="the sync client's call in the app's trace")
     finally:
         await handle.gateway.stop()  # flushes and closes the exporter
     spans = in_trace()
