@@ -21,6 +21,7 @@ from latchkey_server.observability.tracing import (
     TracingConfig,
     child_span,
     current_trace_id,
+    end_status,
 )
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -117,3 +118,18 @@ def test_json_logs_carry_the_trace_id(tmp_path: Path) -> None:
     assert line["trace_id"] == expected
     assert len(expected) == 32
     tracing.shutdown()
+
+
+def test_only_server_errors_fail_a_span(tmp_path: Path) -> None:
+    tracing, out = _tracing(tmp_path)
+    for code in ("OK", "NOT_FOUND", "CANCELLED", "UNAVAILABLE"):
+        with tracing.server_span("/latchkey.v1.Secrets/GetSecret", tuple) as span:
+            end_status(span, code, None if code == "OK" else LookupError("secret/x missing"))
+    tracing.shutdown()
+    spans = _spans(out)
+    assert [s["attributes"]["rpc.grpc.status_code"] for s in spans] == [
+        "OK", "NOT_FOUND", "CANCELLED", "UNAVAILABLE"
+    ]  # fmt: skip
+    assert [s["status"]["status_code"] for s in spans] == ["UNSET", "UNSET", "UNSET", "ERROR"]
+    assert [s["attributes"].get("error.type") for s in spans] == [None, *["LookupError"] * 3]
+    assert "secret/x" not in out.read_text()  # the class name, never the message

@@ -168,15 +168,22 @@ class Tracing:
             self._out = None
 
 
+_SERVER_ERRORS = frozenset(
+    {"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"}
+)
+"""Status codes that mark a server span as failed (OpenTelemetry's gRPC conventions): the
+caller's mistakes and cancellations (INVALID_ARGUMENT, NOT_FOUND, CANCELLED ...) do not."""
+
+
 def end_status(span: Span | None, code: str, error: BaseException | None = None) -> None:
     """Record an RPC's outcome on its span: the gRPC status name (never the message)."""
     if span is None:
         return
     span.set_attribute("rpc.grpc.status_code", code)
-    if code != "OK":
+    if error is not None:
+        span.set_attribute("error.type", type(error).__name__)
+    if code in _SERVER_ERRORS:
         span.set_status(Status(StatusCode.ERROR, code))
-        if error is not None:
-            span.set_attribute("error.type", type(error).__name__)
 
 
 def set_attributes(span: Span | None, attributes: Mapping[str, AttributeValue]) -> None:

@@ -328,7 +328,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             end_status(span, "OK")
         except asyncio.CancelledError as exc:
             cause = end_cause(exc, stopping=self.stopping)
-            end_status(span, "CANCELLED")
+            end_status(span, "CANCELLED", exc)
             set_attributes(span, {"latchkey.stream_end": cause})
             event = "stream_end" if opened else "request"
             self._audit_failure(info, exc, event, detail=f"cause={cause}")
