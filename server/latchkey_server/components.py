@@ -34,8 +34,10 @@ from latchkey_server.errors import InvalidArgument
 from latchkey_server.models import utcnow
 from latchkey_server.observability.collector import GatewayCollector
 from latchkey_server.observability.telemetry import Telemetry
+from latchkey_server.observability.tracing import Tracing, TracingConfig
 from latchkey_server.transport.flow import FlowLimits
 from latchkey_server.transport.grpc_server import GrpcConfig, GrpcServer, Sources, TlsMaterial
+from latchkey_server.transport.tls import TlsFiles
 from latchkey_server.upstreams._consul_agent import ConsulAgentServices
 from latchkey_server.upstreams._consul_sessions import ConsulSessions
 from latchkey_server.upstreams.consul import ConsulAdapter, ConsulConfig
@@ -60,6 +62,7 @@ class Components:
     config: ConfigHub
     discovery: DiscoveryHub
     grpc: GrpcServer
+    tracing: Tracing = field(default_factory=Tracing)
     started_at: datetime = field(default_factory=utcnow)
 
     @property
@@ -154,6 +157,26 @@ def grpc_config(settings: Settings) -> GrpcConfig:
         tls=tls_material(settings),
         kv_mount=settings.vault.kv_mount,
         flow=flow_limits(settings),
+        tls_files=tls_files(settings),
+    )
+
+
+def tls_files(settings: Settings) -> TlsFiles | None:
+    tls = settings.tls
+    if settings.insecure or tls.cert_file is None or tls.key_file is None:
+        return None
+    return TlsFiles(cert=tls.cert_file, key=tls.key_file, client_ca=tls.client_ca_file)
+
+
+def tracing_config(settings: Settings) -> TracingConfig:
+    t = settings.tracing
+    return TracingConfig(
+        enabled=t.enabled,
+        exporter=t.exporter,
+        endpoint=t.endpoint,
+        file=t.file,
+        sample_ratio=t.sample_ratio,
+        service_name=t.service_name,
     )
 
 
@@ -227,6 +250,7 @@ def build(settings: Settings, *, authorizer: Authorizer | None = None) -> Compon
         watch_settings=watch,
     )
     started_at = utcnow()
+    tracing = Tracing(tracing_config(settings))
     grpc = GrpcServer(
         grpc_config(settings),
         Sources(
@@ -242,6 +266,7 @@ def build(settings: Settings, *, authorizer: Authorizer | None = None) -> Compon
         audit=audit,
         limiter=RateLimiter(settings.limits.requests_per_second, settings.limits.burst),
         telemetry=telemetry,
+        tracing=tracing,
     )
     telemetry.registry.register(
         GatewayCollector(
@@ -273,5 +298,6 @@ def build(settings: Settings, *, authorizer: Authorizer | None = None) -> Compon
         config=config,
         discovery=discovery,
         grpc=grpc,
+        tracing=tracing,
         started_at=started_at,
     )

@@ -196,6 +196,8 @@ class TlsSettings(_Section):
     require_client_cert: bool = True
     """With client_ca_file: every client must present a certificate it signed (mTLS).
     False: client certificates are not requested at all (TLS with bearer tokens only)."""
+    reload_interval: float = Field(default=5.0, gt=0)
+    """Seconds between checks of the three files for changes (SIGHUP reloads at once)."""
 
 
 class AuditSettings(_Section):
@@ -244,6 +246,27 @@ class HealthSettings(_Section):
     """Seconds between upstream pings feeding the gRPC health service."""
 
 
+class TracingSettings(_Section):
+    enabled: bool = False
+    """Export OpenTelemetry traces: a span per RPC, child spans per Vault/Consul request."""
+    exporter: Literal["otlp", "file", "console"] = "otlp"
+    """otlp (gRPC to `endpoint`), file (JSON lines to `file`) or console (stderr)."""
+    endpoint: str = Field(default="http://127.0.0.1:4317", min_length=1)
+    """OTLP/gRPC collector address."""
+    file: Path | None = None
+    """exporter file: where spans are appended, one JSON object per line."""
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    """Share of new traces sampled; a caller's sampling decision is followed."""
+    service_name: str = Field(default="latchkey-gateway", min_length=1)
+    """The `service.name` resource attribute."""
+
+    @model_validator(mode="after")
+    def _file_for_file(self) -> TracingSettings:
+        if self.enabled and self.exporter == "file" and self.file is None:
+            raise ValueError("tracing.exporter file needs tracing.file (where spans are written)")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LATCHKEY_", env_nested_delimiter="__", extra="forbid"
@@ -271,6 +294,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     @model_validator(mode="after")
     def _tls_or_insecure(self) -> Settings:

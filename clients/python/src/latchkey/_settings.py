@@ -13,6 +13,7 @@ from pathlib import Path
 from latchkey import _consul
 from latchkey._consul import ConsulReplicas
 from latchkey._errors import ConfigurationError
+from latchkey._tls import TlsFiles
 
 ENV_ADDR = "LATCHKEY_ADDR"
 ENV_TOKEN = "LATCHKEY_TOKEN"
@@ -70,9 +71,12 @@ class ClientSettings:
     dev_pid: int | None = None
     """PID of the `latchkey-server dev` that wrote these settings (`LATCHKEY_DEV_PID`, set by
     `.latchkey/dev.env`); once it has exited, a failed connection raises `DevStackNotRunning`."""
+    tls_files: TlsFiles | None = None
+    """The files `cacert`/`client_cert`/`client_key` were read from: re-read when they change,
+    for new channels (certificate rotation)."""
 
 
-def _read(path: str | os.PathLike[str] | None, what: str) -> bytes | None:
+def read_pem(path: str | os.PathLike[str] | None, what: str) -> bytes | None:
     if path is None or str(path) == "":
         return None
     marker, env = _PEM_MARKERS[what]
@@ -171,10 +175,16 @@ def resolve_settings(
         replicas=replicas,
         replicas_tls=tls_default and not insecure,
         token=token,
-        cacert=_read(cacert, "CA certificate"),
-        client_cert=_read(client_cert, "client certificate"),
-        client_key=_read(client_key, "client key"),
+        cacert=read_pem(cacert, "CA certificate"),
+        client_cert=read_pem(client_cert, "client certificate"),
+        client_key=read_pem(client_key, "client key"),
         timeout=timeout,
         retry_deadline=retry_deadline,
         dev_pid=_dev_pid(env.get(ENV_DEV_PID)),
+        tls_files=_tls_files(cacert, client_cert, client_key),
     )
+
+
+def _tls_files(*paths: str | os.PathLike[str] | None) -> TlsFiles | None:
+    given = [Path(p) if p is not None and str(p) else None for p in paths]
+    return TlsFiles(*given) if any(given) else None

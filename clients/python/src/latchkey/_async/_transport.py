@@ -3,7 +3,12 @@ UNAVAILABLE with backoff, and error translation at every stub call.
 
 The gateways are a static list (`LATCHKEY_ADDR=a:7400,b:7400`) or the replicas Consul lists as
 passing (`consul://AGENT/latchkey`, kept current by `AsyncReplicaList`). A channel is kept per
-address; one to a replica that left the list is not closed (a stream may still run on it)."""
+address; one to a replica that left the list is not closed (a stream may still run on it).
+
+Channels are built from the TLS files' current material: when the files change (`_tls.py`),
+new calls go over new channels, and the channels already open keep serving their streams until
+the client closes. With OpenTelemetry importable, each call carries the app's trace context
+(`_tracing.py`)."""
 
 from __future__ import annotations
 
@@ -20,6 +25,8 @@ from latchkey._errors import LatchkeyError
 from latchkey._grpc import CHANNEL_OPTIONS, channel_credentials, metadata, translate
 from latchkey._retry import Backoff, is_retryable
 from latchkey._settings import ClientSettings, Endpoint
+from latchkey._tls import TlsMaterial, TlsReloader
+from latchkey._tracing import client_span, rpc_name, with_context
 from latchkey.v1 import config_pb2_grpc, discovery_pb2_grpc, gateway_pb2_grpc, secrets_pb2_grpc
 
 if TYPE_CHECKING:
@@ -75,7 +82,12 @@ class AsyncTransport:
         self._backoff = backoff or Backoff()
         self._metadata = metadata(settings)
         self._channels: dict[Endpoint, grpc_aio.Channel] = {}
+        self._retired: list[grpc_aio.Channel] = []
         self._stubs: dict[Endpoint, AsyncStubs] = {}
+        self._tls = TlsReloader(
+            settings.tls_files,
+            TlsMaterial(settings.cacert, settings.client_cert, settings.client_key),
+        )
         self.endpoints: tuple[Endpoint, ...] = settings.endpoints
         """The gateways to fail over between, now."""
         self._active: Endpoint | None = self.endpoints[0] if self.endpoints else None
@@ -109,12 +121,20 @@ class AsyncTransport:
             raise LatchkeyError("the client has no gateway address")
         return self._active
 
+    def _refresh_tls(self, *, force: bool = False) -> None:
+        """New TLS material in the files: later calls open new channels with it."""
+        if self._tls.refresh(monotonic(), force=force):
+            self._retired.extend(self._channels.values())
+            self._channels.clear()
+            self._stubs.clear()
+
     def _stubs_for(self, endpoint: Endpoint) -> AsyncStubs:
+        self._refresh_tls()
         stubs = self._stubs.get(endpoint)
         if stubs is None:
             if self._closed:
                 raise LatchkeyError("the client is closed")
-            creds = channel_credentials(self.settings, endpoint)
+            creds = channel_credentials(self.settings, endpoint, self._tls.material)
             if creds is None:
                 channel = grpc_aio.insecure_channel(endpoint.target, options=CHANNEL_OPTIONS)
             else:
@@ -147,6 +167,18 @@ class AsyncTransport:
         timeout: float | None = None,  # noqa: ASYNC109 - the per-attempt gRPC deadline
     ) -> Resp:
         """Call a unary RPC; UNAVAILABLE is retried (on the next gateway) within the deadline."""
+        active = self._active  # None until Consul lists a replica (consul://)
+        name = rpc_name(method(self._stubs_for(active))) if active is not None else "latchkey"
+        with client_span(name, self._metadata) as md:
+            return await self._unary(method, request, md, timeout)
+
+    async def _unary(
+        self,
+        method: Callable[[AsyncStubs], grpc_aio.UnaryUnaryMultiCallable[Req, Resp]],
+        request: Req,
+        metadata: tuple[tuple[str, str], ...],
+        timeout: float | None,  # noqa: ASYNC109 - the per-attempt gRPC deadline
+    ) -> Resp:
         deadline = monotonic() + self.settings.retry_deadline
         attempt = 0
         while True:
@@ -156,7 +188,7 @@ class AsyncTransport:
                 call = method(self._stubs_for(endpoint))
                 response: Resp = await call(
                     request,
-                    metadata=self._metadata,
+                    metadata=metadata,
                     timeout=timeout if timeout is not None else self.settings.timeout,
                 )
                 return response
@@ -166,6 +198,7 @@ class AsyncTransport:
                 error = exc
             if not is_retryable(error):
                 raise error
+            self._refresh_tls(force=True)  # a renewed certificate may be why it failed
             if endpoint is not None:
                 self.failover(endpoint)
             delay = self._backoff.delay(attempt, error.retry_after)
@@ -189,7 +222,7 @@ class AsyncTransport:
         endpoint = self._active
         if endpoint is None:
             raise LatchkeyError("no gateway is known yet: await ready() first")
-        call = method(self._stubs_for(endpoint))(request, metadata=self._metadata)
+        call = method(self._stubs_for(endpoint))(request, metadata=with_context(self._metadata))
         return AsyncStream(call, self.settings, endpoint), endpoint
 
     async def aclose(self) -> None:
@@ -197,8 +230,9 @@ class AsyncTransport:
             await self._replicas.aclose()
         async with self._lock:
             self._closed = True
-            channels = list(self._channels.values())
+            channels = [*self._channels.values(), *self._retired]
             self._channels.clear()
+            self._retired.clear()
             self._stubs.clear()
         for channel in channels:
             await channel.close()
