@@ -21,7 +21,7 @@ from latchkey_server.access.gate import AccessGate
 from latchkey_server.access.policies import PolicyAuthorizer, PolicyStore
 from latchkey_server.access.ratelimit import RateLimiter
 from latchkey_server.access.streams import StreamGrants
-from latchkey_server.access.tokens import TokenStore
+from latchkey_server.access.tokens import TokenFile
 from latchkey_server.brokers.config_hub import ConfigHub
 from latchkey_server.brokers.consul_watch import WatchSettings
 from latchkey_server.brokers.discovery_hub import DiscoveryHub
@@ -54,6 +54,7 @@ class Components:
     audit: AuditLog
     gate: AccessGate
     policies: PolicyStore | None
+    tokens: TokenFile | None
     vault: VaultAdapter
     consul: ConsulAdapter
     replica: Replica
@@ -180,19 +181,19 @@ def tracing_config(settings: Settings) -> TracingConfig:
     )
 
 
-def _authenticator(settings: Settings) -> Authenticator:
-    tokens = TokenStore.load(settings.auth.tokens_file) if settings.auth.tokens_file else None
+def _authenticator(settings: Settings) -> tuple[Authenticator, TokenFile | None]:
+    tokens = TokenFile(settings.auth.tokens_file) if settings.auth.tokens_file else None
     if tokens is None and settings.tls.client_ca_file is None:
         raise InvalidArgument(
             "no way to authenticate callers: set auth.tokens_file (latchkey-server token "
             "create) and/or tls.client_ca_file for client certificates"
         )
-    return Authenticator(tokens)
+    return Authenticator(tokens), tokens
 
 
 def build(settings: Settings, *, authorizer: Authorizer | None = None) -> Components:
     """Build every component (reading the files the settings name); start nothing."""
-    authn = _authenticator(settings)
+    authn, tokens = _authenticator(settings)
     policies: PolicyStore | None = None
     if authorizer is None:
         if settings.auth.policies_dir is not None:
@@ -290,6 +291,7 @@ def build(settings: Settings, *, authorizer: Authorizer | None = None) -> Compon
         audit=audit,
         gate=gate,
         policies=policies,
+        tokens=tokens,
         vault=vault,
         consul=consul,
         replica=replica,

@@ -183,7 +183,8 @@ class AuthSettings(_Section):
     policies_dir: Path | None = None
     """Folder of HCL policies and bindings.hcl; unset denies everything (deny by default)."""
     reload_interval: float = Field(default=2.0, gt=0)
-    """Seconds between checks of the policy files for changes (SIGHUP reloads at once)."""
+    """Seconds between checks of the policy files and the tokens file for changes (SIGHUP
+    reloads at once)."""
 
 
 class TlsSettings(_Section):

@@ -3,8 +3,9 @@
 `Gateway(settings)` only keeps the settings (no I/O). `start()` builds every component
 (`components.build`, which reads the files the settings name) and starts them; `serve()` is what
 `latchkey-server serve` runs: it captures SIGINT/SIGTERM (and SIGHUP, which reloads the
-policies and the TLS files) for its duration and restores the previous handlers afterwards,
-starts, waits for a signal or `request_stop()`, and shuts down. Reads no argv and no environment.
+policies, the tokens file and the TLS files) for its duration and restores the previous
+handlers afterwards, starts, waits for a signal or `request_stop()`, and shuts down. Reads no
+argv and no environment.
 
 Shutdown order (`shutdown()`):
 1. health reports NOT_SERVING (load balancers and probes stop sending work), and the replica
@@ -26,13 +27,14 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from datetime import datetime
 from types import FrameType
 from typing import Any
 
 from prometheus_client import start_http_server
 
+from latchkey_server import filewatch
 from latchkey_server.access.authz import Authorizer
 from latchkey_server.access.policies import PolicyStore
 from latchkey_server.components import Components, build
@@ -65,8 +67,7 @@ class Gateway:
         self.port: int = 0
         self._metrics_server: Any = None
         self._health_monitor: HealthMonitor | None = None
-        self._reload_task: asyncio.Task[None] | None = None
-        self._tls_task: asyncio.Task[None] | None = None
+        self._file_watches: list[asyncio.Task[None]] = []
         self._stop_requested: asyncio.Event | None = None
         self._stop_reason = "stop requested"
         self._stopped = False
@@ -112,7 +113,7 @@ class Gateway:
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        """Handle SIGINT/SIGTERM (stop) and SIGHUP (reload policies) while serving; restore the
+        """Handle SIGINT/SIGTERM (stop) and SIGHUP (reload the files) while serving; restore the
         previous handlers afterwards. Only in the main thread (signals go nowhere else)."""
         if threading.current_thread() is not threading.main_thread():
             yield
@@ -122,8 +123,7 @@ class Gateway:
         def on_signal(sig: int, frame: FrameType | None) -> None:
             name = signal.Signals(sig).name
             if sig == signal.SIGHUP:
-                loop.call_soon_threadsafe(self.reload_policies)
-                loop.call_soon_threadsafe(self.reload_tls)
+                loop.call_soon_threadsafe(self.reload_files)
             else:
                 loop.call_soon_threadsafe(self.request_stop, f"the gateway received {name}")
 
@@ -149,10 +149,7 @@ class Gateway:
         await c.replica.announce(self.settings.listen, self.port)  # clients may find it now
         if c.grpc.config.tls is None:
             log.warning("serving PLAINTEXT gRPC (insecure); use TLS anywhere but loopback")
-        if c.policies is not None:
-            self._reload_task = asyncio.create_task(self._watch_policies())
-        if c.grpc.tls is not None:
-            self._tls_task = asyncio.create_task(self._watch_tls())
+        self._watch_files(c)
         self._health_monitor = HealthMonitor(
             [
                 Dependency(c.vault, [SECRETS_SERVICE]),
@@ -192,23 +189,31 @@ class Gateway:
         c = self._components
         return c is not None and c.grpc.tls is not None and c.grpc.tls.reload()
 
-    async def _watch_tls(self) -> None:
-        tls = self.components.grpc.tls
-        assert tls is not None
-        while True:
-            # Polling interval for file changes (SIGHUP reloads at once).
-            await asyncio.sleep(self.settings.tls.reload_interval)
-            if tls.changed():
-                tls.reload()
+    def reload_tokens(self) -> bool:
+        """Re-read the tokens file now (SIGHUP): new calls are authenticated against it. An
+        invalid file keeps the tokens in force (logged)."""
+        c = self._components
+        return c is not None and c.tokens is not None and c.tokens.reload()
 
-    async def _watch_policies(self) -> None:
-        policies = self.components.policies
-        assert policies is not None
-        while True:
-            # Polling interval for file changes (SIGHUP reloads at once).
-            await asyncio.sleep(self.settings.auth.reload_interval)
-            if policies.changed():
-                self.reload_policies()
+    def reload_files(self) -> None:
+        """SIGHUP: the policies, the tokens file and the TLS files, at once."""
+        self.reload_policies()
+        self.reload_tokens()
+        self.reload_tls()
+
+    def _watch_files(self, c: Components) -> None:
+        """Poll each file set the gateway re-reads (`filewatch`), at its configured interval."""
+        auth = self.settings.auth.reload_interval
+        if c.policies is not None:
+            # reload_policies also ends the open streams a narrowed policy no longer allows.
+            self._watch(filewatch.poll(_Policies(self), auth))
+        if c.tokens is not None:
+            self._watch(filewatch.poll(c.tokens, auth))
+        if c.grpc.tls is not None:
+            self._watch(filewatch.poll(c.grpc.tls, self.settings.tls.reload_interval))
+
+    def _watch(self, loop: Coroutine[Any, Any, None]) -> None:
+        self._file_watches.append(asyncio.create_task(loop))
 
     def _start_metrics(self, listen: str) -> None:
         host, _, port = listen.rpartition(":")
@@ -231,10 +236,8 @@ class Gateway:
             return
         self._stopped = True
         c = self._components
-        if self._reload_task is not None:
-            self._reload_task.cancel()
-        if self._tls_task is not None:
-            self._tls_task.cancel()
+        for task in self._file_watches:
+            task.cancel()
         if self._health_monitor is not None:
             await self._health_monitor.close()
         if c is not None:
@@ -264,3 +267,18 @@ class Gateway:
     async def stop(self) -> None:
         """`shutdown()` (for tests and embedders)."""
         await self.shutdown()
+
+
+class _Policies:
+    """The policy store as a `filewatch.Reloadable` whose reload is the gateway's (which also
+    re-checks the open streams)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+
+    def changed(self) -> bool:
+        policies = self._gateway.components.policies
+        return policies is not None and policies.changed()
+
+    def reload(self) -> bool:
+        return self._gateway.reload_policies()

@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from latchkey_server.access.certs import identity_from_pem
-from latchkey_server.access.tokens import TokenStore
+from latchkey_server.access.tokens import TokenFile, TokenStore
 from latchkey_server.errors import InvalidArgument, Unauthenticated
 from latchkey_server.models import Identity
 
 
 class Authenticator:
-    def __init__(self, tokens: TokenStore | None) -> None:
+    def __init__(self, tokens: TokenFile | TokenStore | None) -> None:
         self._tokens = tokens
 
     def authenticate(

@@ -33,6 +33,7 @@ from typing import Protocol
 from latchkey_server.access.authz import ResourceKind
 from latchkey_server.access.policy import Policy, Rule, decide, load_hcl, load_policy
 from latchkey_server.errors import InvalidArgument, PermissionDenied
+from latchkey_server.filewatch import Signature, signature
 from latchkey_server.models import Identity
 
 log = logging.getLogger("latchkey.access.policies")
@@ -174,17 +175,10 @@ def _policy_files(directory: Path) -> list[Path]:
     )
 
 
-def _fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
-    """Names, mtimes and sizes of the files a load reads (for cheap change polling)."""
-    found: list[tuple[str, int, int]] = []
+def _fingerprint(directory: Path) -> Signature:
+    """The stat signature of the files a load reads (for cheap change polling)."""
     paths = [*_policy_files(directory), directory / BINDINGS_FILE] if directory.is_dir() else []
-    for path in paths:
-        try:
-            stat = path.stat()
-        except OSError:
-            continue
-        found.append((path.name, stat.st_mtime_ns, stat.st_size))
-    return tuple(found)
+    return signature(paths)
 
 
 def _shown(text: str) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,9 @@ from pathlib import Path
 import yaml
 
 from latchkey_server.errors import InvalidArgument
+from latchkey_server.filewatch import signature
+
+log = logging.getLogger("latchkey.access.tokens")
 
 TOKEN_PREFIX = "lk_"
 
@@ -82,6 +86,35 @@ class TokenStore:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class TokenFile:
+    """The tokens file, re-read when it changes (see `filewatch`): a valid new file replaces
+    the tokens in force, so a token removed from it is refused from then on; an invalid one
+    keeps them and logs why. Calls already authenticated (open streams) carry on."""
+
+    def __init__(self, path: Path) -> None:
+        """Load the file; raises `InvalidArgument` when it is invalid (fail at startup)."""
+        self.path = path
+        self._signature = signature([path])
+        self.store = TokenStore.load(path)
+
+    def identify(self, token: str) -> str | None:
+        return self.store.identify(token)
+
+    def changed(self) -> bool:
+        return signature([self.path]) != self._signature
+
+    def reload(self) -> bool:
+        self._signature = signature([self.path])
+        try:
+            store = TokenStore.load(self.path)
+        except InvalidArgument as exc:
+            log.error("tokens not reloaded, keeping the %d in force: %s", len(self.store), exc)
+            return False
+        self.store = store
+        log.info("tokens reloaded from %s: %d tokens", self.path, len(store))
+        return True
 
 
 def append_token(path: Path, identity: str, token: str) -> None:

@@ -13,7 +13,6 @@ logs why (never key material). Each outcome counts in `latchkey_tls_reloads_tota
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import grpc
 
 from latchkey_server.access.certs import check_server_material
+from latchkey_server.filewatch import Signature, signature
 
 log = logging.getLogger("latchkey.transport.tls")
 
@@ -33,16 +33,9 @@ class TlsFiles:
     key: Path
     client_ca: Path | None = None
 
-    def signature(self) -> tuple[tuple[int, int, int] | None, ...]:
-        """Inode, size and modification time of each file (None: missing), without reading."""
-        out: list[tuple[int, int, int] | None] = []
-        for path in (self.cert, self.key, self.client_ca):
-            try:
-                st = os.stat(path) if path is not None else None
-            except OSError:
-                st = None
-            out.append((st.st_ino, st.st_size, st.st_mtime_ns) if st is not None else None)
-        return tuple(out)
+    def signature(self) -> Signature:
+        """The stat signature of the three files, without reading them."""
+        return signature((self.cert, self.key, self.client_ca))
 
 
 class ServerTls:
