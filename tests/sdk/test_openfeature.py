@@ -193,3 +193,66 @@ async def test_last_known_good_flags_while_consul_is_down(
         if handle is not None:
             await handle.gateway.stop()
         await asyncio.to_thread(agent.stop)
+
+
+async def test_cli_flags_eval_and_list(
+    gateway: GatewayHandle, upstreams: Upstreams, unique: str
+) -> None:
+    from tests.cli.helpers import clean_env, run_cli
+
+    prefix = f"flags/{unique}/production/"
+    upstreams.put(prefix + "web", json.dumps(new_ui_flag_set(10)))
+    beta = {
+        "flags": {
+            "theme": {
+                "state": "ENABLED",
+                "variants": {"dark": "dark", "light": "light"},
+                "defaultVariant": "light",
+                "targeting": {"if": [{"==": [{"var": "plan"}, "pro"]}, "dark", None]},
+            }
+        }
+    }
+    upstreams.put(prefix + "beta", json.dumps(beta))
+    env = clean_env(LATCHKEY_ADDR=gateway.addr, LATCHKEY_TOKEN=gateway.tokens["app"])
+    # the CLI's answer for a user is what the provider in this process says for that user
+    client = sync_client(gateway)
+    provider = LatchkeyProvider(client, prefix)
+    await asyncio.to_thread(provider.initialize, EvaluationContext())
+    for user in ("user-1", "user-2", "user-3", "user-7"):
+        want = provider.resolve_boolean_details("new_ui", False, EvaluationContext(user)).value
+        run = await run_cli(
+            "flags", "eval", prefix, "new_ui", "--targeting-key", user, "--format", "json", env=env
+        )
+        assert run.code == 0, run.stderr
+        doc = json.loads(run.stdout)
+        assert doc["value"] is want and doc["variant"] == ("on" if want else "off")
+        assert doc["reason"] == "TARGETING_MATCH"
+    await asyncio.to_thread(provider.shutdown)
+    await asyncio.to_thread(client.close)
+
+    run = await run_cli(
+        "flags", "eval", prefix, "theme", "--targeting-key", "u", "--context", "plan=pro",
+        "--format", "json", env=env,
+    )  # fmt: skip
+    assert run.code == 0, run.stderr
+    assert json.loads(run.stdout)["value"] == "dark"
+    run = await run_cli("flags", "eval", prefix, "theme", "--format", "json", env=env)
+    assert json.loads(run.stdout)["value"] == "light"
+
+    run = await run_cli("flags", "list", prefix, "--format", "json", env=env)
+    assert run.code == 0, run.stderr
+    listed = {row["flag"]: row for row in json.loads(run.stdout)}
+    assert listed["new_ui"]["flag_set"] == prefix + "web"
+    assert listed["new_ui"]["targeting"] is True
+    assert listed["theme"]["default_variant"] == "light"
+    run = await run_cli("flags", "list", prefix, env=env)
+    assert "new_ui" in run.stdout and "FLAG_SET" in run.stdout
+
+    upstreams.put(prefix + "broken", json.dumps({"flags": {"x": {"variants": {}}}}))
+    run = await run_cli("flags", "list", prefix, env=env)
+    assert run.code == 0, run.stderr  # a broken set is reported, the others still listed
+    assert f"{prefix}broken is not a valid flagd flag set" in run.stderr
+    assert "state" in run.stderr  # what is wrong with it
+    run = await run_cli("flags", "eval", prefix, "nope", "--targeting-key", "u", env=env)
+    assert run.code != 0
+    assert "nope" in run.stderr

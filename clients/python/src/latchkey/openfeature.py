@@ -19,14 +19,16 @@ evaluator (`openfeature-flagd-core`: JSON Logic targeting, `fractional`, `sem_ve
 `starts_with`/`ends_with`), so an evaluation is a memory operation.
 
 Events: PROVIDER_READY once the first snapshot is loaded (OpenFeature sends it when
-`initialize` returns) and again when the data is fresh after an outage; PROVIDER_CONFIGURATION_CHANGED with the changed flag keys; PROVIDER_STALE
-when the gateway serves cached data (Consul unreachable) or cannot itself be reached, while
-evaluations go on with the last known good flags; PROVIDER_ERROR when a flag set under the
-prefix is not a valid flagd document (that set keeps its last good version).
+`initialize` returns) and again when the data is fresh after an outage;
+PROVIDER_CONFIGURATION_CHANGED with the changed flag keys; PROVIDER_STALE when the gateway
+serves cached data (Consul unreachable) or cannot itself be reached, while evaluations go on
+with the last known good flags; PROVIDER_ERROR when a flag set under the prefix is not a valid
+flagd document (that set keeps its last good version).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import threading
@@ -128,7 +130,8 @@ class LatchkeyProvider(AbstractProvider):
                 try:
                     fresh = _load(key, entry.text)
                 except ParseError as exc:
-                    errors.append(f"flag set {key!r} is not a valid flagd document: {exc}")
+                    why = exc.error_message or "invalid"
+                    errors.append(f"flag set {key!r} is not a valid flagd document: {why}")
                     self._broken.add(key)
                     continue  # the last good version of this set (if any) stays in force
                 self._broken.discard(key)
@@ -269,9 +272,9 @@ def _load(key: str, text: str) -> _FlagSet:
         raise ParseError('expected a JSON object with a "flags" object')
     core = FlagdCore()
     try:
-        core.set_flags(document)
-    except ParseError:
-        raise
+        core.set_flags(copy.deepcopy(document))  # flagd-core rewrites what it is given
+    except ParseError as exc:
+        raise ParseError(exc.error_message or str(exc.__cause__ or "invalid flag")) from exc
     except (TypeError, ValueError, KeyError) as exc:
         raise ParseError(str(exc)) from exc
     return _FlagSet(key=key, document=document, core=core)

@@ -544,8 +544,10 @@ def status(ctx: Ctx, fmt: str, field: str | None) -> None:
 
 def _register_exec() -> None:
     from latchkey.cli._exec import exec_command
+    from latchkey.cli._flags import flags
 
     cli.add_command(exec_command)
+    cli.add_command(flags)
 
 
 _register_exec()
