@@ -95,7 +95,7 @@ with latchkey.Client() as client:
     provider = LatchkeyProvider(client, prefix)
     provider.initialize(EvaluationContext())
     out = [
-        provider.resolve_boolean_details("new_ui", False, EvaluationContext(targeting_key=f"user-{n}")).value
+        provider.resolve_boolean_details("new_ui", False, EvaluationContext(f"user-{n}")).value
         for n in range(10_000)
     ]
     provider.shutdown()
@@ -148,7 +148,8 @@ def rollout_scenario(
         assert "not a valid flagd document" in (error.message or "")
         assert evaluate_all(flags) == wider
         detail = flags.get_boolean_details("nope", True, EvaluationContext(targeting_key="u"))
-        assert detail.value is True and detail.error_code is not None  # FLAG_NOT_FOUND
+        assert detail.value is True
+        assert detail.error_code is not None
         return {"share_at_10": share, "change_to_event_s": latency}
 
 
@@ -225,7 +226,8 @@ async def test_cli_flags_eval_and_list(
         )
         assert run.code == 0, run.stderr
         doc = json.loads(run.stdout)
-        assert doc["value"] is want and doc["variant"] == ("on" if want else "off")
+        assert doc["value"] is want
+        assert doc["variant"] == ("on" if want else "off")
         assert doc["reason"] == "TARGETING_MATCH"
     await asyncio.to_thread(provider.shutdown)
     await asyncio.to_thread(client.close)
@@ -246,7 +248,8 @@ async def test_cli_flags_eval_and_list(
     assert listed["new_ui"]["targeting"] is True
     assert listed["theme"]["default_variant"] == "light"
     run = await run_cli("flags", "list", prefix, env=env)
-    assert "new_ui" in run.stdout and "FLAG_SET" in run.stdout
+    assert "new_ui" in run.stdout
+    assert "FLAG_SET" in run.stdout
 
     upstreams.put(prefix + "broken", json.dumps({"flags": {"x": {"variants": {}}}}))
     run = await run_cli("flags", "list", prefix, env=env)
