@@ -24,6 +24,13 @@ config "billing/" {
   capabilities = ["read", "watch"]
 }
 
+# Feature flags: the flagd flag sets under flags/production/ (LatchkeyProvider and
+# `latchkey flags` watch the prefix; a stock flagd provider's SyncFlags needs "watch" and
+# FetchAllFlags "read", with the prefix as its selector).
+config "flags/production/" {
+  capabilities = ["read", "watch"]
+}
+
 # Service discovery of the services billing talks to.
 service "payments" {
   capabilities = ["discover"]

@@ -13,6 +13,7 @@ import grpc
 import hvac
 import pytest
 from google.rpc import error_details_pb2, status_pb2
+from openfeature.schemas.protobuf.flagd.sync.v1 import sync_pb2, sync_pb2_grpc
 
 from latchkey.v1 import (
     config_pb2,
@@ -112,6 +113,34 @@ async def test_config_list_is_filtered_per_key(tls_gateway: TlsGateway) -> None:
             config_pb2.ListConfigRequest(prefix="billing/")
         )
     assert [e.key for e in listed.entries] == ["billing/a"]
+
+
+async def test_flagd_sync_follows_config_policies(tls_gateway: TlsGateway) -> None:
+    """flagd.sync.v1 is Config under another name: the selector is the prefix checked."""
+
+    async def sync_first(channel: grpc.aio.Channel, selector: str) -> Any:
+        stream = sync_pb2_grpc.FlagSyncServiceStub(channel).SyncFlags(
+            sync_pb2.SyncFlagsRequest(), metadata=(("flagd-selector", selector),)
+        )
+        try:
+            return await stream.read()
+        finally:
+            stream.cancel()
+
+    def fetch(channel: grpc.aio.Channel, selector: str) -> Any:
+        return sync_pb2_grpc.FlagSyncServiceStub(channel).FetchAllFlags(
+            sync_pb2.FetchAllFlagsRequest(selector=selector)
+        )
+
+    async with tls_gateway.channel(BILLING) as channel:
+        assert await _code(fetch(channel, "billing/")) == OK
+        assert await _code(fetch(channel, "other/")) == DENIED
+        assert await _code(sync_first(channel, "other/")) == DENIED
+        first = await sync_first(channel, "billing/")
+        assert json.loads(first.flag_configuration) == {"flags": {}}  # billing/a is no flag set
+    async with tls_gateway.channel("stranger") as channel:
+        assert await _code(fetch(channel, "billing/")) == DENIED
+        assert await _code(sync_first(channel, "billing/")) == DENIED
 
 
 async def test_bypass_attempts_are_refused(tls_gateway: TlsGateway) -> None:

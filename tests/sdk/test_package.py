@@ -21,7 +21,12 @@ PKG = ROOT / "clients" / "python" / "src" / "latchkey"
 
 def test_all_is_sorted_and_exactly_the_public_names() -> None:
     assert latchkey.__all__ == sorted(latchkey.__all__)
-    public = {n for n in vars(latchkey) if not n.startswith("_")} - {"v1", "cli", "integrations"}
+    public = {n for n in vars(latchkey) if not n.startswith("_")} - {
+        "v1",
+        "cli",
+        "integrations",
+        "openfeature",
+    }
     assert set(latchkey.__all__) == public
     assert (PKG / "py.typed").exists()
 

@@ -44,6 +44,7 @@ from latchkey_server.devstack.process import ComponentError, ManagedProcess
 from latchkey_server.devstack.seed import (
     DEMO_CONFIG_PREFIX,
     DEMO_DATABASE,
+    DEMO_FLAGS_PREFIX,
     DEMO_ROLE,
     DEMO_SECRET_PATH,
     seed_consul,
@@ -319,6 +320,8 @@ def _bring_up(stack: DevStack, env_path: Path) -> None:
         f"  2. latchkey status; latchkey db creds {DEMO_ROLE} --format json\n"
         f"  3. latchkey secrets get {DEMO_SECRET_PATH}; latchkey config watch "
         f"{DEMO_CONFIG_PREFIX}; latchkey services watch web\n"
+        f"     latchkey flags eval {DEMO_FLAGS_PREFIX} new_ui --targeting-key user-42   "
+        "# on for 10 % of users\n"
         f"  4. audit log {state_dir / 'audit.log'}, logs in {state_dir / 'logs'}, "
         f"metrics http://127.0.0.1:{gateway.metrics_port}/metrics, "
         f"policies {stack.policies_dir} (reloaded on change)\n"

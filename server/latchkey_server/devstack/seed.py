@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 import consul
 import hvac
@@ -154,13 +155,35 @@ def seed_vault(
     return AppRoleCredentials(role_id=role_id, secret_id=secret_id)
 
 
+DEMO_FLAGS_PREFIX = "flags/production/"
+"""Feature flags: one flagd flag set per key (what `LatchkeyProvider` and the flagd sync serve)."""
+DEMO_FLAG_SET_KEY = DEMO_FLAGS_PREFIX + "web"
+
+
+def new_ui_flag_set(percent: int = 10) -> dict[str, Any]:
+    """The demo flag set: `new_ui` on for `percent` % of users, bucketed by the targeting key
+    (flagd's `fractional` hashes the flag key and the targeting key)."""
+    return {
+        "flags": {
+            "new_ui": {
+                "state": "ENABLED",
+                "variants": {"on": True, "off": False},
+                "defaultVariant": "off",
+                "targeting": {"fractional": [["on", percent], ["off", 100 - percent]]},
+            }
+        },
+    }
+
+
 def seed_consul(http_addr: str) -> None:
-    """Config keys under config/demo/ and a `web` service: two passing, one critical."""
+    """Config keys under config/demo/, the `new_ui` flag set under flags/production/ and a `web`
+    service: two passing instances, one critical."""
     host, _, port = http_addr.rpartition(":")
     client = consul.Consul(host=host or "127.0.0.1", port=int(port))
     client.kv.put(DEMO_CONFIG_PREFIX + "log_level", "info")
     client.kv.put(DEMO_CONFIG_PREFIX + "feature_flags", json.dumps({"new_checkout": True}))
     client.kv.put(DEMO_CONFIG_PREFIX + "max_connections", "10")
+    client.kv.put(DEMO_FLAG_SET_KEY, json.dumps(new_ui_flag_set(10), indent=2))
     for n, status in ((1, "passing"), (2, "passing"), (3, "critical")):
         service_id = f"{DEMO_SERVICE}-{n}"
         client.agent.service.register(

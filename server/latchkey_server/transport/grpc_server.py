@@ -10,6 +10,7 @@ from datetime import datetime
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from openfeature.schemas.protobuf.flagd.sync.v1 import sync_pb2, sync_pb2_grpc
 
 from latchkey.v1 import (
     config_pb2,
@@ -30,6 +31,7 @@ from latchkey_server.observability.telemetry import Telemetry
 from latchkey_server.observability.tracing import Tracing
 from latchkey_server.transport.config import ConfigServicer, ConfigSource
 from latchkey_server.transport.discovery import DiscoveryServicer, DiscoverySource
+from latchkey_server.transport.flagsync import FlagSyncServicer
 from latchkey_server.transport.flow import FlowLimits
 from latchkey_server.transport.gateway import GatewayServicer, UpstreamHealth
 from latchkey_server.transport.interceptor import GatewayInterceptor
@@ -40,7 +42,10 @@ SECRETS_SERVICE = secrets_pb2.DESCRIPTOR.services_by_name["Secrets"].full_name
 CONFIG_SERVICE = config_pb2.DESCRIPTOR.services_by_name["Config"].full_name
 DISCOVERY_SERVICE = discovery_pb2.DESCRIPTOR.services_by_name["Discovery"].full_name
 GATEWAY_SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
-SERVICE_NAMES = (SECRETS_SERVICE, CONFIG_SERVICE, DISCOVERY_SERVICE, GATEWAY_SERVICE)
+FLAG_SYNC_SERVICE = sync_pb2.DESCRIPTOR.services_by_name["FlagSyncService"].full_name
+SERVICE_NAMES = (
+    SECRETS_SERVICE, CONFIG_SERVICE, DISCOVERY_SERVICE, GATEWAY_SERVICE, FLAG_SYNC_SERVICE,
+)  # fmt: skip
 
 # Message size limits, keepalive, and room for a reconnect storm (the default
 # max_pending_requests drops bursts of ~1,000 new calls). SO_REUSEPORT is off: a second gateway
@@ -127,6 +132,9 @@ class GrpcServer:
             SecretsServicer(sources.secrets, sources.leases, gate, kv_mount=kv_mount), server
         )
         config_pb2_grpc.add_ConfigServicer_to_server(ConfigServicer(sources.config, gate), server)
+        sync_pb2_grpc.add_FlagSyncServiceServicer_to_server(
+            FlagSyncServicer(sources.config, gate), server
+        )
         discovery_pb2_grpc.add_DiscoveryServicer_to_server(
             DiscoveryServicer(sources.discovery, gate), server
         )

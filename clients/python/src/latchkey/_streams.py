@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -212,40 +212,46 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class ModelBinder(Generic[M]):
-    """Keeps a pydantic model in step with the keys under a prefix.
+    """Keeps a pydantic model in step with the keys under one or more prefixes (layers).
 
-    Keys map to fields by their last path segment (`config/app/pool_size` → `pool_size`, with
-    `-` read as `_`); values are decoded as JSON when they parse, else used as text. An update
-    that fails validation keeps the last good value and goes to `on_error`.
+    A key's path below its layer's prefix maps to a field path: `database/host` →
+    `database.host` (nested models), with `-` read as `_` in each segment; a field spelled flat
+    (`database__host`) still takes `database/host` when the model declares it. Values are decoded
+    as JSON when they parse, else used as text, then validated by the field types. Later layers
+    override earlier ones key by key. An update that fails validation keeps the last good value
+    and goes to `on_error`.
     """
 
     def __init__(
-        self, prefix: str, model: type[M], on_error: Callable[[Exception], None] | None
+        self,
+        prefixes: Sequence[str],
+        model: type[M],
+        on_error: Callable[[Exception], None] | None,
     ) -> None:
-        self.prefix = prefix
+        self.prefixes = tuple(prefixes)
         self.model = model
         self.on_error = on_error
         self.value: M | None = None
+        self.layers: list[dict[str, ConfigEntry]] = [{} for _ in self.prefixes]
 
-    def field_values(self, entries: dict[str, ConfigEntry]) -> dict[str, Any]:
-        values: dict[str, Any] = {}
-        base = self.prefix.rstrip("/") + "/" if self.prefix else ""
-        for key, entry in entries.items():
-            name = key[len(base) :] if key.startswith(base) else key
-            name = name.strip("/").replace("/", "__").replace("-", "_")
-            if not name:
-                continue
-            text = entry.text
-            try:
-                values[name] = json.loads(text)
-            except ValueError:
-                values[name] = text
-        return values
+    @property
+    def prefix(self) -> str:
+        return ", ".join(self.prefixes)
 
-    def update(self, entries: dict[str, ConfigEntry]) -> M | None:
+    def merged(self) -> dict[str, Any]:
+        """Relative path → decoded value, later layers winning key by key."""
+        return merge_layers(self.prefixes, self.layers)
+
+    def field_values(self) -> dict[str, Any]:
+        return nest(self.merged(), self.model)
+
+    def set_layer(self, layer: int, entries: dict[str, ConfigEntry]) -> None:
+        self.layers[layer] = dict(entries)
+
+    def update(self) -> M | None:
         """Validate; on success replace the bound instance (returned), else report."""
         try:
-            new = self.model.model_validate(self.field_values(entries))
+            new = self.model.model_validate(self.field_values())
         except ValidationError as exc:
             if self.on_error is not None:
                 self.on_error(exc)
@@ -257,5 +263,76 @@ class ModelBinder(Generic[M]):
         if self.value is None:
             self.value = new
         else:  # update the live instance the application holds, field by field
-            self.value.__dict__.update(new.__dict__)
+            _assign(self.value, new)
         return self.value
+
+
+def merge_layers(
+    prefixes: Sequence[str], layers: Sequence[Mapping[str, ConfigEntry]]
+) -> dict[str, Any]:
+    """Relative path → decoded value over every layer, later layers winning key by key. A key
+    of an earlier layer that lies under a later layer's prefix (`config/myapp/env/production/x`
+    under `config/myapp/`) belongs to that later layer only."""
+    flat: dict[str, Any] = {}
+    for i, (prefix, entries) in enumerate(zip(prefixes, layers, strict=True)):
+        later = [_folder(p) for p in prefixes[i + 1 :] if _folder(p) != _folder(prefix)]
+        own = {k: e for k, e in entries.items() if not any(k.startswith(p) for p in later)}
+        flat.update(relative_values(prefix, own))
+    return flat
+
+
+def _folder(prefix: str) -> str:
+    return prefix.rstrip("/") + "/" if prefix else ""
+
+
+def relative_values(prefix: str, entries: Mapping[str, ConfigEntry]) -> dict[str, Any]:
+    """Keys under `prefix` as relative paths (`database/host`), values decoded as JSON or text."""
+    values: dict[str, Any] = {}
+    base = prefix.rstrip("/") + "/" if prefix else ""
+    for key, entry in entries.items():
+        name = key[len(base) :] if key.startswith(base) else key
+        name = name.strip("/")
+        if not name:
+            continue
+        text = entry.text
+        try:
+            values[name] = json.loads(text)
+        except ValueError:
+            values[name] = text
+    return values
+
+
+def nest(flat: Mapping[str, Any], model: type[BaseModel] | None = None) -> dict[str, Any]:
+    """`{"database/host": v}` → `{"database": {"host": v}}`; a flat field the model declares
+    (`database__host`) takes the whole path instead. A key that is both a value and a folder
+    keeps the folder (the value goes under `""`, where validation will name it)."""
+    fields = model.model_fields if model is not None else {}
+    tree: dict[str, Any] = {}
+    for path, value in flat.items():
+        segments = [seg.replace("-", "_") for seg in path.split("/")]
+        joined = "__".join(segments)
+        if len(segments) > 1 and joined in fields:
+            tree[joined] = value
+            continue
+        node = tree
+        for seg in segments[:-1]:
+            child = node.get(seg)
+            if not isinstance(child, dict):
+                child = node[seg] = {} if child is None else {"": child}
+            node = child
+        if isinstance(node.get(segments[-1]), dict):
+            node[segments[-1]][""] = value
+        else:
+            node[segments[-1]] = value
+    return tree
+
+
+def _assign(target: BaseModel, new: BaseModel) -> None:
+    """Update `target` in place from `new`, nested models included, so references an app holds
+    to a nested part (`settings.database`) follow too."""
+    for name, value in new.__dict__.items():
+        current = target.__dict__.get(name)
+        if isinstance(current, BaseModel) and type(current) is type(value):
+            _assign(current, value)
+        else:
+            target.__dict__[name] = value

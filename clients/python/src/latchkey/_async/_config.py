@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel
 
@@ -12,7 +12,7 @@ from latchkey._async._transport import AsyncStream, AsyncTransport
 from latchkey._async._watch import AsyncWatch
 from latchkey._models import ConfigEntry, ConfigEvent, StreamStatus
 from latchkey._settings import Endpoint
-from latchkey._streams import ConfigView, ModelBinder
+from latchkey._streams import ConfigView, ModelBinder, merge_layers, nest
 from latchkey.v1 import config_pb2
 
 M = TypeVar("M", bound=BaseModel)
@@ -39,6 +39,15 @@ class AsyncConfig:
             lambda s: s.config.List, _convert.config_list_request(prefix)
         )
         return [_convert.config_entry(e) for e in response.entries]
+
+    async def merged(self, *prefixes: str) -> dict[str, Any]:
+        """The keys under `prefixes` as one nested document, as `bind` sees them: key paths
+        become nested keys (`database/host` → `{"database": {"host": ...}}`), values are
+        decoded as JSON when they parse, and later prefixes override earlier ones key by key."""
+        if not prefixes:
+            raise TypeError("merged takes one or more prefixes")
+        layers = [{e.key: e for e in await self.list(prefix)} for prefix in prefixes]
+        return nest(merge_layers(prefixes, layers))
 
     async def _start(
         self,
@@ -70,39 +79,95 @@ class AsyncConfig:
         unreachable. Reconnects resume from the last index. Returns a handle to close."""
         return await self._start(prefix, callback, callback)
 
+    @overload
+    async def bind(
+        self,
+        model: type[M],
+        /,
+        *prefixes: str,
+        on_error: Callable[[Exception], None] | None = None,
+    ) -> M: ...
+
+    @overload
     async def bind(
         self,
         prefix: str,
         model: type[M],
+        /,
         *,
         on_error: Callable[[Exception], None] | None = None,
+    ) -> M: ...
+
+    async def bind(
+        self,
+        first: type[M] | str,
+        /,
+        *rest: Any,
+        on_error: Callable[[Exception], None] | None = None,
     ) -> M:
-        """A live instance of `model` whose fields follow the keys under `prefix`.
+        """A live instance of `model` that follows the keys under one or more prefixes.
 
-        Keys map to fields by name (`<prefix>/pool_size` → `pool_size`); values are decoded as
-        JSON when they parse, else used as text. An update that fails validation keeps the last
-        good value and is passed to `on_error` (never raised in the application). The first
-        snapshot must validate. The binding lives until the client is closed.
+        `bind(Settings, "config/myapp/", "config/myapp/env/production/")`: key paths map to
+        (nested) fields, `config/myapp/database/host` → `database.host` (a field spelled flat,
+        `database__host`, works too); values are decoded as JSON when they parse, else used as
+        text, and validated by the field types. Later prefixes override earlier ones key by
+        key, and every prefix is watched. An update that fails validation keeps the last good
+        value and is passed to `on_error` (never raised in the application). The first merged
+        view must validate. The binding lives until the client is closed.
+        (`bind(prefix, Model)`, one layer, is the older spelling of the same.)
         """
-        binder = ModelBinder(prefix, model, on_error)
+        model, prefixes = _bind_arguments(first, rest)
+        binder: ModelBinder[M] = ModelBinder(prefixes, model, on_error)
+        ready = False
+
+        def on_layer(layer: int) -> Callable[[ConfigEvent], None]:
+            def on_event(event: ConfigEvent) -> None:
+                binder.set_layer(layer, event.entries)
+                if ready:
+                    binder.update()
+
+            return on_event
+
+        started: list[AsyncWatch] = []
+        try:
+            for layer, prefix in enumerate(prefixes):
+                started.append(await self._start(prefix, on_layer(layer), lambda status: None))
+        except BaseException:
+            for watch in started:
+                await self._forget(watch)
+            raise
         first_error: list[Exception] = []
-
-        def on_event(event: ConfigEvent) -> None:
-            if binder.value is None:
-                previous = binder.on_error
-                binder.on_error = first_error.append
-                binder.update(event.entries)
-                binder.on_error = previous
-            else:
-                binder.update(event.entries)
-
-        await self._start(prefix, on_event, lambda status: None)
+        binder.on_error = first_error.append
+        binder.update()
+        binder.on_error = on_error
+        ready = True
         if binder.value is None:
-            await self._watches.pop().aclose()
-            raise first_error[0] if first_error else ValueError(f"nothing to bind under {prefix!r}")
+            for watch in started:
+                await self._forget(watch)
+            raise first_error[0] if first_error else ValueError(f"nothing to bind under {prefixes}")
         return binder.value
+
+    async def _forget(self, watch: AsyncWatch) -> None:
+        self._watches.remove(watch)
+        await watch.aclose()
 
     async def aclose(self) -> None:
         watches, self._watches = self._watches, []
         for watch in watches:
             await watch.aclose()
+
+
+def _bind_arguments(first: Any, rest: tuple[Any, ...]) -> tuple[Any, list[str]]:
+    """(model, prefixes) from either spelling of `bind`; a clear TypeError otherwise."""
+    if isinstance(first, str) and len(rest) == 1 and _is_model(rest[0]):
+        return rest[0], [first]
+    if _is_model(first) and rest and all(isinstance(p, str) for p in rest):
+        return first, list(rest)
+    raise TypeError(
+        "bind takes a pydantic model class and one or more prefixes: "
+        "bind(Settings, 'config/myapp/', 'config/myapp/env/production/')"
+    )
+
+
+def _is_model(value: Any) -> bool:
+    return isinstance(value, type) and issubclass(value, BaseModel)

@@ -354,6 +354,30 @@ def config_list(ctx: Ctx, prefix: str, fmt: str, field: str | None) -> None:
     out.emit([_entry_doc(e) for e in entries], fmt, field, ["key", "value", "modify_index"])
 
 
+@config.command("get-merged")
+@click.argument("prefixes", nargs=-1, required=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "yaml"]),
+    default="json",
+    show_default=True,
+    help="Output format.",
+)
+@pass_ctx
+def config_get_merged(ctx: Ctx, prefixes: tuple[str, ...], fmt: str) -> None:
+    """The keys under PREFIX... as one nested document, later prefixes winning key by key
+    (what `client.config.bind(Model, PREFIX...)` validates).
+
+    \b
+    Example:
+      latchkey config get-merged config/myapp/ config/myapp/env/production/ --format yaml
+    """
+    with ctx.client() as client:
+        doc = client.config.merged(*prefixes)
+    out.emit_document(doc, fmt)
+
+
 class Follower:
     """Prints a watch's events as the SDK delivers them (from its thread), so that a stream
     that cannot start shows why at once (`unreachable` with the reason) while it retries; the
@@ -520,8 +544,10 @@ def status(ctx: Ctx, fmt: str, field: str | None) -> None:
 
 def _register_exec() -> None:
     from latchkey.cli._exec import exec_command
+    from latchkey.cli._flags import flags
 
     cli.add_command(exec_command)
+    cli.add_command(flags)
 
 
 _register_exec()

@@ -72,3 +72,13 @@ def emit_line(obj: Mapping[str, Any], fmt: str) -> None:
     else:
         sys.stdout.write("  ".join(f"{k}={_cell(v)}" for k, v in obj.items()) + "\n")
     sys.stdout.flush()
+
+
+def emit_document(doc: Mapping[str, Any], fmt: str) -> None:
+    """One nested document as JSON or YAML (block style, keys sorted)."""
+    if fmt == "yaml":
+        import yaml  # the `cli` extra's PyYAML; only this command needs it
+
+        click.echo(yaml.safe_dump(plain(doc), sort_keys=True, default_flow_style=False), nl=False)
+    else:
+        click.echo(json.dumps(plain(doc), indent=2, sort_keys=True))
