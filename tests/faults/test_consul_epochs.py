@@ -128,7 +128,12 @@ async def test_every_client_ends_with_consuls_key_set_across_a_restart(
     gateway_process: GatewayFactory, private_consul: ConsulAgent, new_epoch_passes_old_index: bool
 ) -> None:
     prefix = f"faults/epoch-{uuid.uuid4().hex[:6]}/"
-    _write(private_consul, prefix, range(0, 30), "old")  # index well above a fresh agent's
+    _write(private_consul, prefix, range(0, 30), "old")
+    # Push the old epoch's index well above what the new epoch reaches before the clients
+    # resume: the replicas' own Consul writes (sessions, locks, registrations) raise it too.
+    for _ in range(150):
+        _write(private_consul, prefix, range(30, 31), "churn")
+    _delete(private_consul, prefix, range(30, 31))
     gw = gateway_process("epoch-a", consul=private_consul)
     gw_b = gateway_process("epoch-b", consul=private_consul)
     open_reader = Reader(gw, prefix)
@@ -166,6 +171,9 @@ async def test_every_client_ends_with_consuls_key_set_across_a_restart(
             kv.delete(f"{prefix}churn")
             _write(private_consul, prefix, range(50, 52), "late")
             assert int(kv.get(prefix, recurse=True)[0]) > old_index
+        else:  # the scenario this case is about: Consul's index went backwards
+            kv = consul.Consul(host="127.0.0.1", port=private_consul.http_port).kv
+            assert int(kv.get(prefix, recurse=True)[0]) < old_index
         expected = _consul_state(private_consul, prefix)
         assert set(expected) != {f"{prefix}k{n:02d}" for n in range(30)}
 

@@ -111,7 +111,9 @@ class Reaper:
                     await self._wait_for_lock()
                 backoff.reset()
             except SessionGone:
-                pass  # the replica takes a new session; the lock was released with the old one
+                # The replica takes a new session (the lock went with the old one): do not
+                # ask Consul again with the dead one in a tight loop meanwhile.
+                await asyncio.sleep(backoff.next_delay())
             except LatchkeyError as exc:
                 log.info("reaper of %s: %s", self._id, exc.message)
                 await asyncio.sleep(backoff.next_delay())
