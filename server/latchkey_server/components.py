@@ -28,6 +28,7 @@ from latchkey_server.brokers.discovery_hub import DiscoveryHub
 from latchkey_server.brokers.leases import LeaseBroker
 from latchkey_server.brokers.replica import Replica, ReplicaConfig, default_replica_id
 from latchkey_server.brokers.secret_cache import SecretCache
+from latchkey_server.brokers.secret_watch import SecretWatchHub
 from latchkey_server.config import Settings
 from latchkey_server.errors import InvalidArgument
 from latchkey_server.models import utcnow
@@ -55,14 +56,15 @@ class Components:
     replica: Replica
     leases: LeaseBroker
     secrets: SecretCache
+    secret_watches: SecretWatchHub
     config: ConfigHub
     discovery: DiscoveryHub
     grpc: GrpcServer
     started_at: datetime = field(default_factory=utcnow)
 
     @property
-    def brokers(self) -> tuple[LeaseBroker, ConfigHub, DiscoveryHub]:
-        return (self.leases, self.config, self.discovery)
+    def brokers(self) -> tuple[LeaseBroker, ConfigHub, DiscoveryHub, SecretWatchHub]:
+        return (self.leases, self.config, self.discovery, self.secret_watches)
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -182,6 +184,12 @@ def build(settings: Settings, *, authorizer: Authorizer | None = None) -> Compon
         stale_limit=settings.cache.stale_limit,
         telemetry=telemetry,
     )
+    secret_watches = SecretWatchHub(
+        vault,
+        secrets,
+        interval=settings.vault.kv_watch_interval,
+        heartbeat_interval=settings.heartbeat_interval,
+    )
     config = ConfigHub(
         consul,
         heartbeat_interval=settings.heartbeat_interval,
@@ -208,6 +216,7 @@ def build(settings: Settings, *, authorizer: Authorizer | None = None) -> Compon
             config=config,
             discovery=discovery,
             upstreams=[vault, consul],
+            secret_watches=secret_watches,
         ),
         authn,
         gate,
@@ -229,6 +238,7 @@ def build(settings: Settings, *, authorizer: Authorizer | None = None) -> Compon
                 "discovery_overflow": discovery.overflow_watches,
                 "config_read": config.read_watches,
                 "discovery_read": discovery.read_watches,
+                "secret": secret_watches.active_polls,
             },
             audit_failures=lambda: audit.failures,
         )
@@ -243,6 +253,7 @@ def build(settings: Settings, *, authorizer: Authorizer | None = None) -> Compon
         replica=replica,
         leases=leases,
         secrets=secrets,
+        secret_watches=secret_watches,
         config=config,
         discovery=discovery,
         grpc=grpc,

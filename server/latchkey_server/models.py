@@ -60,6 +60,17 @@ class KvSecret:
     custom_metadata: Mapping[str, str]
 
 
+@dataclass(frozen=True, slots=True)
+class SecretVersion:
+    """A version of a watched KV v2 secret (the first one a stream gets, or a new one)."""
+
+    secret: KvSecret
+    freshness: Freshness
+
+
+SecretEvent = SecretVersion | Heartbeat
+
+
 # ---------------------------------------------------------------- database credentials
 
 

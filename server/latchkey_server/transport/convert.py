@@ -132,6 +132,12 @@ def secret_reply(encoded: EncodedSecret, fresh: models.Freshness) -> bytes:
     return encoded.body + tail.SerializeToString()
 
 
+def secret_event(event: models.SecretEvent) -> secrets_pb2.SecretEvent:
+    if isinstance(event, models.Heartbeat):
+        return secrets_pb2.SecretEvent(heartbeat=heartbeat(event.freshness))
+    return secrets_pb2.SecretEvent(version=kv_secret(event.secret, event.freshness))
+
+
 def _convert_credential(value: models.Credential) -> secrets_pb2.DatabaseCredential:
     return secrets_pb2.DatabaseCredential(
         username=value.username,

@@ -32,7 +32,12 @@ from latchkey_server.transport.discovery import DiscoveryServicer, DiscoverySour
 from latchkey_server.transport.flow import FlowLimits
 from latchkey_server.transport.gateway import GatewayServicer, UpstreamHealth
 from latchkey_server.transport.interceptor import GatewayInterceptor
-from latchkey_server.transport.secrets import LeaseSource, SecretSource, SecretsServicer
+from latchkey_server.transport.secrets import (
+    LeaseSource,
+    SecretSource,
+    SecretsServicer,
+    SecretWatchSource,
+)
 
 SECRETS_SERVICE = secrets_pb2.DESCRIPTOR.services_by_name["Secrets"].full_name
 CONFIG_SERVICE = config_pb2.DESCRIPTOR.services_by_name["Config"].full_name
@@ -89,6 +94,7 @@ class Sources:
     config: ConfigSource
     discovery: DiscoverySource
     upstreams: Sequence[UpstreamHealth]
+    secret_watches: SecretWatchSource | None = None
 
 
 class GrpcServer:
@@ -115,7 +121,14 @@ class GrpcServer:
         self._interceptor = interceptor
         server = grpc.aio.server(interceptors=[interceptor], options=GRPC_OPTIONS)
         secrets_pb2_grpc.add_SecretsServicer_to_server(
-            SecretsServicer(sources.secrets, sources.leases, gate, kv_mount=kv_mount), server
+            SecretsServicer(
+                sources.secrets,
+                sources.leases,
+                gate,
+                kv_mount=kv_mount,
+                watches=sources.secret_watches,
+            ),
+            server,
         )
         config_pb2_grpc.add_ConfigServicer_to_server(ConfigServicer(sources.config, gate), server)
         discovery_pb2_grpc.add_DiscoveryServicer_to_server(

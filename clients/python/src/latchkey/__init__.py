@@ -7,7 +7,7 @@ with latchkey.Client() as client:          # LATCHKEY_ADDR, LATCHKEY_TOKEN, ...
 """
 
 from latchkey._async._client import AsyncClient
-from latchkey._async._secrets import AsyncRotatingCredentials
+from latchkey._async._secrets import AsyncRotatingCredentials, AsyncWatchedSecret
 from latchkey._async._watch import AsyncWatch
 from latchkey._errors import (
     Cancelled,
@@ -45,7 +45,7 @@ from latchkey._models import (
     UpstreamStatus,
 )
 from latchkey._sync._client import Client
-from latchkey._sync._secrets import RotatingCredentials
+from latchkey._sync._secrets import RotatingCredentials, WatchedSecret
 from latchkey._sync._watch import Watch
 
 __version__ = "0.1.0"
@@ -54,6 +54,7 @@ __all__ = [
     "AsyncClient",
     "AsyncRotatingCredentials",
     "AsyncWatch",
+    "AsyncWatchedSecret",
     "Cancelled",
     "Client",
     "ConfigChange",
@@ -88,4 +89,5 @@ __all__ = [
     "Unavailable",
     "UpstreamStatus",
     "Watch",
+    "WatchedSecret",
 ]

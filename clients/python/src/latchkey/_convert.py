@@ -57,6 +57,10 @@ def secret_request(path: str, mount: str, version: int | None) -> secrets_pb2.Ge
     return secrets_pb2.GetSecretRequest(mount=mount, path=path, version=version or 0)
 
 
+def watch_secret_request(path: str, mount: str) -> secrets_pb2.WatchSecretRequest:
+    return secrets_pb2.WatchSecretRequest(mount=mount, path=path)
+
+
 def secret(resp: secrets_pb2.GetSecretResponse) -> m.Secret:
     data: dict[str, Any] = json_format.MessageToDict(resp.data)
     md = resp.metadata

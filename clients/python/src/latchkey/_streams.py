@@ -22,6 +22,7 @@ from latchkey._models import (
     ConfigEvent,
     DatabaseCredentials,
     Freshness,
+    Secret,
     ServiceEvent,
     StreamStatus,
 )
@@ -142,6 +143,32 @@ class ServiceView:
                 freshness=fresh,
             )
             out.append(self.current)
+        else:
+            fresh = _convert.freshness(msg.heartbeat)
+        status = self.freshness.update(fresh)
+        if status is not None:
+            out.append(status)
+        return out
+
+
+class SecretView:
+    """The current version of a watched secret."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.current: Secret | None = None
+        self.freshness = FreshnessTracker()
+
+    def apply(self, msg: secrets_pb2.SecretEvent) -> list[Secret | StreamStatus]:
+        """A new version (the first one, or one that differs from the current), and freshness
+        changes. A version seen again after a reconnect is not reported twice."""
+        out: list[Secret | StreamStatus] = []
+        if msg.WhichOneof("event") == "version":
+            new = _convert.secret(msg.version)
+            if self.current is None or new.version != self.current.version:
+                out.append(new)
+            self.current = new
+            fresh = new.freshness
         else:
             fresh = _convert.freshness(msg.heartbeat)
         status = self.freshness.update(fresh)
