@@ -26,6 +26,7 @@ from latchkey_server.brokers.config_hub import ConfigHub
 from latchkey_server.brokers.consul_watch import WatchSettings
 from latchkey_server.brokers.discovery_hub import DiscoveryHub
 from latchkey_server.brokers.leases import LeaseBroker
+from latchkey_server.brokers.registrations import RegistrationBroker
 from latchkey_server.brokers.replica import Replica, ReplicaConfig, default_replica_id
 from latchkey_server.brokers.secret_cache import SecretCache
 from latchkey_server.brokers.secret_watch import SecretWatchHub
@@ -36,6 +37,7 @@ from latchkey_server.observability.collector import GatewayCollector
 from latchkey_server.observability.telemetry import Telemetry
 from latchkey_server.transport.flow import FlowLimits
 from latchkey_server.transport.grpc_server import GrpcConfig, GrpcServer, Sources, TlsMaterial
+from latchkey_server.upstreams._consul_agent import ConsulAgentServices
 from latchkey_server.upstreams._consul_sessions import ConsulSessions
 from latchkey_server.upstreams.consul import ConsulAdapter, ConsulConfig
 from latchkey_server.upstreams.vault import VaultAdapter
@@ -57,14 +59,23 @@ class Components:
     leases: LeaseBroker
     secrets: SecretCache
     secret_watches: SecretWatchHub
+    registrations: RegistrationBroker
     config: ConfigHub
     discovery: DiscoveryHub
     grpc: GrpcServer
     started_at: datetime = field(default_factory=utcnow)
 
     @property
-    def brokers(self) -> tuple[LeaseBroker, ConfigHub, DiscoveryHub, SecretWatchHub]:
-        return (self.leases, self.config, self.discovery, self.secret_watches)
+    def brokers(
+        self,
+    ) -> tuple[LeaseBroker, ConfigHub, DiscoveryHub, SecretWatchHub, RegistrationBroker]:
+        return (
+            self.leases,
+            self.config,
+            self.discovery,
+            self.secret_watches,
+            self.registrations,
+        )
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -133,6 +144,7 @@ def grpc_config(settings: Settings) -> GrpcConfig:
         tls=tls_material(settings),
         kv_mount=settings.vault.kv_mount,
         flow=flow_limits(settings),
+        stream_ttl=3 * settings.heartbeat_interval,
     )
 
 
@@ -190,6 +202,11 @@ def build(settings: Settings, *, authorizer: Authorizer | None = None) -> Compon
         interval=settings.vault.kv_watch_interval,
         heartbeat_interval=settings.heartbeat_interval,
     )
+    registrations = RegistrationBroker(
+        ConsulAgentServices(consul),
+        heartbeat_interval=settings.heartbeat_interval,
+        watch_settings=watch,
+    )
     config = ConfigHub(
         consul,
         heartbeat_interval=settings.heartbeat_interval,
@@ -217,6 +234,7 @@ def build(settings: Settings, *, authorizer: Authorizer | None = None) -> Compon
             discovery=discovery,
             upstreams=[vault, consul],
             secret_watches=secret_watches,
+            registrations=registrations,
         ),
         authn,
         gate,
@@ -239,6 +257,7 @@ def build(settings: Settings, *, authorizer: Authorizer | None = None) -> Compon
                 "config_read": config.read_watches,
                 "discovery_read": discovery.read_watches,
                 "secret": secret_watches.active_polls,
+                "registration": registrations.active,
             },
             audit_failures=lambda: audit.failures,
         )
@@ -254,6 +273,7 @@ def build(settings: Settings, *, authorizer: Authorizer | None = None) -> Compon
         leases=leases,
         secrets=secrets,
         secret_watches=secret_watches,
+        registrations=registrations,
         config=config,
         discovery=discovery,
         grpc=grpc,

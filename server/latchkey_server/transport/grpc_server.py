@@ -28,7 +28,11 @@ from latchkey_server.access.ratelimit import RateLimiter
 from latchkey_server.errors import InvalidArgument
 from latchkey_server.observability.telemetry import Telemetry
 from latchkey_server.transport.config import ConfigServicer, ConfigSource
-from latchkey_server.transport.discovery import DiscoveryServicer, DiscoverySource
+from latchkey_server.transport.discovery import (
+    DiscoveryServicer,
+    DiscoverySource,
+    RegistrationSource,
+)
 from latchkey_server.transport.flow import FlowLimits
 from latchkey_server.transport.gateway import GatewayServicer, UpstreamHealth
 from latchkey_server.transport.interceptor import GatewayInterceptor
@@ -83,6 +87,8 @@ class GrpcConfig:
     """Default KV v2 mount for GetSecret when the request names none."""
     flow: FlowLimits = dataclasses.field(default_factory=FlowLimits)
     """Bounds on what streams may keep queued (transport/flow.py)."""
+    stream_ttl: float = 30.0
+    """TTL of the check a Discovery.Register stream keeps passing."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,7 @@ class Sources:
     discovery: DiscoverySource
     upstreams: Sequence[UpstreamHealth]
     secret_watches: SecretWatchSource | None = None
+    registrations: RegistrationSource | None = None
 
 
 class GrpcServer:
@@ -132,7 +139,10 @@ class GrpcServer:
         )
         config_pb2_grpc.add_ConfigServicer_to_server(ConfigServicer(sources.config, gate), server)
         discovery_pb2_grpc.add_DiscoveryServicer_to_server(
-            DiscoveryServicer(sources.discovery, gate), server
+            DiscoveryServicer(
+                sources.discovery, gate, sources.registrations, stream_ttl=config.stream_ttl
+            ),
+            server,
         )
         gateway_pb2_grpc.add_GatewayServicer_to_server(
             GatewayServicer(sources.upstreams, started_at, gate), server
