@@ -22,6 +22,7 @@ from latchkey._models import (
     ConfigEvent,
     DatabaseCredentials,
     Freshness,
+    RegistrationHealth,
     Secret,
     ServiceEvent,
     StreamStatus,
@@ -169,6 +170,33 @@ class SecretView:
                 out.append(new)
             self.current = new
             fresh = new.freshness
+        else:
+            fresh = _convert.freshness(msg.heartbeat)
+        status = self.freshness.update(fresh)
+        if status is not None:
+            out.append(status)
+        return out
+
+
+class RegistrationView:
+    """A registration's instance id (kept across reconnects, so the gateway registers the same
+    instance again) and its latest health."""
+
+    def __init__(self, instance_id: str = "") -> None:
+        self.instance_id = instance_id
+        self.health: RegistrationHealth | None = None
+        self.freshness = FreshnessTracker()
+
+    def apply(self, msg: discovery_pb2.RegisterEvent) -> list[RegistrationHealth | StreamStatus]:
+        kind = msg.WhichOneof("event")
+        out: list[RegistrationHealth | StreamStatus] = []
+        if kind == "registered":
+            self.instance_id = msg.registered.instance_id
+            return out
+        if kind == "health":
+            self.health = _convert.registration_health(self.instance_id, msg.health)
+            out.append(self.health)
+            fresh = self.health.freshness
         else:
             fresh = _convert.freshness(msg.heartbeat)
         status = self.freshness.update(fresh)
