@@ -433,7 +433,7 @@ def config_watch(ctx: Ctx, prefix: str, fmt: str, count: int | None) -> None:
 
 @cli.group()
 def services() -> None:
-    """Healthy service instances (Consul)."""
+    """Healthy service instances, and registering your own (Consul)."""
 
 
 INSTANCE_COLUMNS = ["id", "address", "port", "health", "tags", "node"]
@@ -520,8 +520,10 @@ def status(ctx: Ctx, fmt: str, field: str | None) -> None:
 
 def _register_exec() -> None:
     from latchkey.cli._exec import exec_command
+    from latchkey.cli._register import register_command
 
     cli.add_command(exec_command)
+    services.add_command(register_command)
 
 
 _register_exec()

@@ -286,6 +286,20 @@ def exec_command(
     sys.exit(code)
 
 
+def run_supervised(command: Sequence[str], who: str) -> int:
+    """Run COMMAND as `exec` does (signals forwarded), with the environment as it is; its exit
+    code (127/126 when it cannot be run, the reason on stderr after `who:`)."""
+    try:
+        program = resolve_command(command[0], os.environ.get("PATH"))
+        no_changes: queue.Queue[str] = queue.Queue()
+        return _supervise(
+            program, command, Environment(), None, no_changes, "restart", signal.SIGHUP
+        )
+    except CannotRun as exc:
+        click.echo(f"{who}: {exc.message}", err=True)
+        return exc.code
+
+
 def _spawn(
     program: str, command: Sequence[str], env: Environment, file: EnvFile | None
 ) -> subprocess.Popen[bytes]:
