@@ -56,7 +56,11 @@ async def tls_gateway(
 
 async def _code(call: Any) -> grpc.StatusCode:
     try:
-        await call
+        if isinstance(call, grpc.aio.UnaryStreamCall):  # a stream: its first message
+            await call.read()
+            call.cancel()
+        else:
+            await call
     except grpc.aio.AioRpcError as err:
         return err.code()
     return OK
@@ -82,12 +86,27 @@ def _requests() -> dict[str, Any]:
             config_pb2.GetConfigRequest(key="other/a")),
         "service web": lambda ch: discovery_pb2_grpc.DiscoveryStub(ch).GetHealthyInstances(
             discovery_pb2.GetHealthyInstancesRequest(service="web")),
+        "watch secret billing/app": lambda ch: secrets_pb2_grpc.SecretsStub(ch).WatchSecret(
+            secrets_pb2.WatchSecretRequest(path="billing/app")),
+        "watch secret other/app": lambda ch: secrets_pb2_grpc.SecretsStub(ch).WatchSecret(
+            secrets_pb2.WatchSecretRequest(path="other/app")),
+        "register billing": lambda ch: discovery_pb2_grpc.DiscoveryStub(ch).Register(
+            discovery_pb2.RegisterRequest(service="billing", port=8080, ttl_check=True)),
+        "register web": lambda ch: discovery_pb2_grpc.DiscoveryStub(ch).Register(
+            discovery_pb2.RegisterRequest(service="web", port=8080, ttl_check=True)),
     }  # fmt: skip
 
 
 # identity → the requests it may make (everything else must be PERMISSION_DENIED).
 ALLOWED = {
-    BILLING: {"secret billing/app", "database creds", "config billing/a", "service web"},
+    BILLING: {
+        "secret billing/app",
+        "database creds",
+        "config billing/a",
+        "service web",
+        "watch secret billing/app",
+        "register billing",
+    },
     "operator": {"list leases"},
     "stranger": set(),  # a valid certificate bound to no policy
 }
