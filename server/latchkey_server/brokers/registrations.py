@@ -263,7 +263,9 @@ class RegistrationBroker:
         """End every stream with `error` and deregister every instance (drain, shutdown)."""
         self._closed = error or Unavailable("the gateway is shutting down", retry_after=1.0)
         held = list(self._held.values())
+        # Deregister before the streams end: a client that reconnects at once to another
+        # gateway on the same agent registers the same id again, which must come after.
+        await asyncio.gather(*(self._end(h) for h in held), return_exceptions=True)
         for h in held:
             h.sub.close(self._closed)
-        await asyncio.gather(*(self._end(h) for h in held), return_exceptions=True)
         await asyncio.gather(*list(self._cleanup), return_exceptions=True)
