@@ -87,6 +87,10 @@ class AsyncWatchedSecret:
         for callback in list(self._status_callbacks):
             callback(status)
 
+    @property
+    def closed(self) -> bool:
+        return self._watch.closed
+
     async def start(self) -> AsyncWatchedSecret:
         await self._watch.start()
         return self
@@ -119,6 +123,7 @@ class AsyncSecrets:
         """A secret kept current across new versions (see `WatchedSecret`). Raises `NotFound`
         when it does not exist. Close it, or the client, to stop watching."""
         watched = await AsyncWatchedSecret(self._transport, path, mount).start()
+        self._watches = [w for w in self._watches if not w.closed]
         self._watches.append(watched)
         return watched
 

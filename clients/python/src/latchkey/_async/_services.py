@@ -86,6 +86,10 @@ class AsyncRegistration:
         for callback in list(self._status_callbacks):
             callback(status)
 
+    @property
+    def closed(self) -> bool:
+        return self._watch.closed
+
     async def start(self) -> AsyncRegistration:
         """Register; returns once the gateway confirmed it (raises why it could not)."""
         await self._watch.start()
@@ -198,6 +202,7 @@ class AsyncServices:
             meta=meta or {}, checks=checks, ttl=ttl,
         )  # fmt: skip
         registration = AsyncRegistration(self._transport, request)
+        self._registrations = [r for r in self._registrations if not r.closed]
         self._registrations.append(registration)
         return registration
 

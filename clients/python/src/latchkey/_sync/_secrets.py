@@ -88,6 +88,10 @@ class WatchedSecret:
         for callback in list(self._status_callbacks):
             callback(status)
 
+    @property
+    def closed(self) -> bool:
+        return self._watch.closed
+
     def start(self) -> WatchedSecret:
         self._watch.start()
         return self
@@ -120,6 +124,7 @@ class Secrets:
         """A secret kept current across new versions (see `WatchedSecret`). Raises `NotFound`
         when it does not exist. Close it, or the client, to stop watching."""
         watched = WatchedSecret(self._transport, path, mount).start()
+        self._watches = [w for w in self._watches if not w.closed]
         self._watches.append(watched)
         return watched
 

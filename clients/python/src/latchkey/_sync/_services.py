@@ -87,6 +87,10 @@ class Registration:
         for callback in list(self._status_callbacks):
             callback(status)
 
+    @property
+    def closed(self) -> bool:
+        return self._watch.closed
+
     def start(self) -> Registration:
         """Register; returns once the gateway confirmed it (raises why it could not)."""
         self._watch.start()
@@ -197,6 +201,7 @@ class Services:
             meta=meta or {}, checks=checks, ttl=ttl,
         )  # fmt: skip
         registration = Registration(self._transport, request)
+        self._registrations = [r for r in self._registrations if not r.closed]
         self._registrations.append(registration)
         return registration
 
