@@ -1,6 +1,7 @@
-"""A registration outlives a Consul agent restart: the restarted `-dev` agent comes back empty,
-the gateway notices (its TTL pass names an unknown check, or the checks it saw are gone) and
-registers the instance again; the stream says stale while the agent is down, then passing."""
+"""A registration outlives a Consul agent restart: while the agent is down the stream says so
+(a heartbeat: stale, upstream UNREACHABLE); the restarted `-dev` agent comes back empty, the
+gateway notices (its TTL pass names an unknown check, or the checks it saw are gone) and
+registers the instance again, and the stream is fresh again."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import consul
 import grpc
 import pytest
 
-from latchkey.v1 import discovery_pb2, discovery_pb2_grpc
+from latchkey.v1 import common_pb2, discovery_pb2, discovery_pb2_grpc
 from latchkey_server.devstack.consul import ConsulAgent
 from tests.faults.conftest import GatewayFactory
 from tests.gateway.helpers import eventually
@@ -51,7 +52,10 @@ async def test_registered_again_after_the_agent_restarts(
         passing = discovery_pb2.HEALTH_STATUS_PASSING
         await _until(call, "health", lambda e: e.health.status == passing)
         assert listed()
-        await asyncio.to_thread(private_consul.restart)  # comes back empty
+        await asyncio.to_thread(private_consul.stop)
+        down = await _until(call, "heartbeat", lambda e: e.heartbeat.freshness.stale)
+        assert down.heartbeat.freshness.upstream == common_pb2.UPSTREAM_STATE_UNREACHABLE
+        await asyncio.to_thread(private_consul.start)  # comes back empty
         await eventually(listed, within=WAIT, what="the instance registered again")
         await _until(call, "heartbeat", lambda e: not e.heartbeat.freshness.stale)
         call.cancel()

@@ -104,11 +104,12 @@ class _Held:
             self._tasks.append(loop.create_task(self._pass_ttl(self.ttl.check_id)))
 
     def freshness(self) -> Freshness:
+        reachable = self.reachable and self.broker.agent.reachable
         return Freshness(
             index=self.index,
             confirmed_at=self.confirmed_at,
-            stale=not self.reachable,
-            reachable=self.reachable,
+            stale=not reachable,
+            reachable=reachable,
         )
 
     # WatchOwner
