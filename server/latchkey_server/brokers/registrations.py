@@ -76,7 +76,8 @@ class _Held:
     ) -> None:
         self.broker = broker
         self.reg = registration
-        self.sub: Subscriber[RegistrationEvent] = Subscriber(maxsize=64)
+        self.sub: Subscriber[RegistrationEvent] = Subscriber(maxsize=1)
+        """Latest-value: a health event carries every check, so a newer one replaces it."""
         self.watch: ConsulWatch[list[CheckStatus]] = ConsulWatch(
             f"checks:{registration.instance_id}", self._fetch, self, settings
         )
@@ -86,7 +87,8 @@ class _Held:
         self.statuses: tuple[tuple[str, HealthStatus], ...] | None = None
         self.seen = False
         """Consul listed the instance's checks since it was (last) registered."""
-        self.registrations = 1
+        self.registrations = 0
+        """Times registered with the agent (again after Consul lost it)."""
         self.deregistered = False
         self._tasks: list[asyncio.Task[None]] = []
         self._reregistering: asyncio.Task[None] | None = None
@@ -126,7 +128,7 @@ class _Held:
             return
         self.statuses = statuses
         checks = tuple(payload)
-        self.sub.push(InstanceHealth(worst(checks), checks, self.freshness()))
+        self.sub.replace(InstanceHealth(worst(checks), checks, self.freshness()))
 
     def on_reachability(self, reachable: bool, error: LatchkeyError | None) -> None:
         self.reachable = reachable
@@ -224,6 +226,7 @@ class RegistrationBroker:
         self._held[instance_id] = held
         try:
             await self.agent.register_service(registration)
+            held.registrations = 1
             yield InstanceRegistered(
                 instance_id,
                 registration.address,
@@ -247,8 +250,8 @@ class RegistrationBroker:
 
     async def _end(self, held: _Held) -> None:
         await held.stop()
-        if held.deregistered:
-            return
+        if held.deregistered or not held.registrations:
+            return  # never registered: an instance of that id, if any, is not ours
         held.deregistered = True
         try:
             await self.agent.deregister_service(held.reg.instance_id)
