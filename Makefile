@@ -44,7 +44,7 @@ schemas: install ## fetch the schemas the deploy tests validate against into .ca
 	@bash scripts/fetch-schemas.sh >/dev/null
 
 dev: install consul postgres-bin ## set everything up and run the local stack in the foreground
-	$(VENV)/bin/latchkey-server dev
+	$(VENV)/bin/latchkey-server dev $(if $(filter file,$(TRACING)),--trace-file .latchkey/traces.jsonl,)
 
 test: install node-deps consul postgres-bin schemas ## set everything up and run the whole test suite (PYTEST_ARGS=...)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

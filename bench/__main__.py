@@ -19,7 +19,9 @@ from bench.scenarios import Context
 from bench.stack import REPO, Stack
 
 # memory first: RSS deltas are only clean on a gateway that has not freed memory yet.
-SCENARIOS = ("memory", "hop", "peers", "propagation", "upstream", "credentials", "orphans")
+SCENARIOS = (
+    "memory", "hop", "peers", "propagation", "upstream", "credentials", "orphans", "failover",
+)  # fmt: skip
 OUTPUT = REPO / ".latchkey" / "bench.json"
 
 

@@ -21,7 +21,7 @@ else
   "$python" -m venv --clear "$venv"
 fi
 step "installing latchkey (SDK, CLI) and latchkey-server with their dev extras into $venv"
-step "  (first run: about 2-4 minutes, mostly downloads; later runs: seconds)"
+step "  (first run: about a minute with a nearby package index, longer on a slow link; later runs: seconds)"
 if ! "$venv/bin/python" -m pip install --disable-pip-version-check --progress-bar on \
   -e 'clients/python[cli,dev]' -e '.[dev]'; then
   step "pip did not finish; run the same make command again to resume (nothing is lost)"

@@ -19,6 +19,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     # Consul: python-consul2 only for seeding; the adapter speaks HTTP with aiohttp.
     "consul": ("devstack/seed.py",),
     "aiohttp": ("upstreams/consul.py",),
+    # Tracing: wired in one module; the rooms call its functions.
+    "opentelemetry": ("observability/tracing.py",),
     # Brokers and access never see protobuf messages.
     "latchkey.v1": ("transport/",),
     "google.protobuf": ("transport/",),

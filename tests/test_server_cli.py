@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from latchkey_server.access.tokens import TokenStore
 
@@ -52,3 +55,36 @@ def test_token_create_prints_once_and_stores_hash(tmp_path: Path) -> None:
     token = result.stdout.strip()
     assert token not in tokens.read_text()
     assert TokenStore.load(tokens).identify(token) == "billing"
+
+
+def test_dev_trace_file_turns_tracing_on_for_the_dev_gateway(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dev --trace-file` hands the tracing settings to the gateway process it starts (which
+    inherits the environment); the stack itself is replaced here by a recorder."""
+    from click.testing import CliRunner
+
+    import latchkey_server.devstack.run as dev_run
+    from latchkey_server.cli import main
+    from latchkey_server.config import TracingSettings
+
+    for name in ("ENABLED", "EXPORTER", "FILE"):
+        monkeypatch.setenv(f"LATCHKEY_TRACING__{name}", "")  # restored after the test
+        monkeypatch.delenv(f"LATCHKEY_TRACING__{name}")
+    seen: list[TracingSettings] = []
+    monkeypatch.setattr(
+        dev_run, "run_dev", lambda state, policies: seen.append(TracingSettings.model_validate(
+            {"enabled": os.environ["LATCHKEY_TRACING__ENABLED"],
+             "exporter": os.environ["LATCHKEY_TRACING__EXPORTER"],
+             "file": os.environ["LATCHKEY_TRACING__FILE"]}
+        )),
+    )  # fmt: skip
+    trace_file = tmp_path / "traces.jsonl"
+    result = CliRunner().invoke(
+        main, ["dev", "--state-dir", str(tmp_path), "--trace-file", str(trace_file)]
+    )
+    assert result.exit_code == 0, result.output
+    (settings,) = seen
+    assert settings.enabled
+    assert settings.exporter == "file"
+    assert settings.file == trace_file

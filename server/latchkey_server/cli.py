@@ -104,11 +104,24 @@ def token_create(identity: str, tokens_file: Path) -> None:
     help="Access policies the dev gateway applies (hot-reloaded on change). "
     "Default: ./policies when it exists, else the policies shipped with latchkey.",
 )
-def dev(state_dir: Path, policies_dir: Path | None) -> None:
+@click.option(
+    "--trace-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    envvar="LATCHKEY_DEV_TRACE_FILE",
+    help="Trace the dev gateway (OpenTelemetry) into this file, one JSON span per line.",
+)
+def dev(state_dir: Path, policies_dir: Path | None, trace_file: Path | None) -> None:
     """Run the local development stack in the foreground (what `make dev` runs).
 
-    Example: latchkey-server dev --state-dir .latchkey
+    Example: latchkey-server dev --state-dir .latchkey --trace-file .latchkey/traces.jsonl
     """
+    if trace_file is not None:
+        # The gateway runs as a child process with `serve --config`; the documented
+        # LATCHKEY_TRACING__* overrides carry the setting to it.
+        os.environ["LATCHKEY_TRACING__ENABLED"] = "true"
+        os.environ["LATCHKEY_TRACING__EXPORTER"] = "file"
+        os.environ["LATCHKEY_TRACING__FILE"] = str(trace_file.resolve())
     from latchkey_server.access.policies import DEFAULT_POLICY_DIR
     from latchkey_server.devstack.run import run_dev
 

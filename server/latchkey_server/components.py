@@ -22,11 +22,12 @@ from latchkey_server.access.policies import PolicyAuthorizer, PolicyStore
 from latchkey_server.access.ratelimit import RateLimiter
 from latchkey_server.access.streams import StreamGrants
 from latchkey_server.access.tokens import TokenStore
+from latchkey_server.brokers.app_registrations import RegistrationBroker
 from latchkey_server.brokers.config_hub import ConfigHub
 from latchkey_server.brokers.consul_watch import WatchSettings
 from latchkey_server.brokers.discovery_hub import DiscoveryHub
 from latchkey_server.brokers.leases import LeaseBroker
-from latchkey_server.brokers.registrations import RegistrationBroker
+from latchkey_server.brokers.registration import Registration, RegistrationConfig
 from latchkey_server.brokers.replica import Replica, ReplicaConfig, default_replica_id
 from latchkey_server.brokers.secret_cache import SecretCache
 from latchkey_server.brokers.secret_watch import SecretWatchHub
@@ -35,8 +36,10 @@ from latchkey_server.errors import InvalidArgument
 from latchkey_server.models import utcnow
 from latchkey_server.observability.collector import GatewayCollector
 from latchkey_server.observability.telemetry import Telemetry
+from latchkey_server.observability.tracing import Tracing, TracingConfig
 from latchkey_server.transport.flow import FlowLimits
 from latchkey_server.transport.grpc_server import GrpcConfig, GrpcServer, Sources, TlsMaterial
+from latchkey_server.transport.tls import TlsFiles
 from latchkey_server.upstreams._consul_agent import ConsulAgentServices
 from latchkey_server.upstreams._consul_sessions import ConsulSessions
 from latchkey_server.upstreams.consul import ConsulAdapter, ConsulConfig
@@ -63,6 +66,7 @@ class Components:
     config: ConfigHub
     discovery: DiscoveryHub
     grpc: GrpcServer
+    tracing: Tracing = field(default_factory=Tracing)
     started_at: datetime = field(default_factory=utcnow)
 
     @property
@@ -122,6 +126,27 @@ def replica_config(settings: Settings) -> ReplicaConfig:
     )
 
 
+def registration(
+    settings: Settings, consul: ConsulAdapter, config: ReplicaConfig
+) -> Registration | None:
+    replica = settings.replica
+    if not replica.register_service:
+        return None
+    return Registration(
+        RegistrationConfig(
+            service=replica.service,
+            address=replica.advertise_address,
+            port=replica.advertise_port,
+            tags=tuple(replica.service_tags),
+            deregister_after=replica.deregister_after,
+            tls=not settings.insecure,
+        ),
+        ConsulAgentServices(consul),
+        config.id,
+        check_ttl=config.session_ttl,
+    )
+
+
 def watch_settings(settings: Settings) -> WatchSettings:
     consul = settings.consul
     return WatchSettings(
@@ -145,6 +170,26 @@ def grpc_config(settings: Settings) -> GrpcConfig:
         kv_mount=settings.vault.kv_mount,
         flow=flow_limits(settings),
         stream_ttl=3 * settings.heartbeat_interval,
+        tls_files=tls_files(settings),
+    )
+
+
+def tls_files(settings: Settings) -> TlsFiles | None:
+    tls = settings.tls
+    if settings.insecure or tls.cert_file is None or tls.key_file is None:
+        return None
+    return TlsFiles(cert=tls.cert_file, key=tls.key_file, client_ca=tls.client_ca_file)
+
+
+def tracing_config(settings: Settings) -> TracingConfig:
+    t = settings.tracing
+    return TracingConfig(
+        enabled=t.enabled,
+        exporter=t.exporter,
+        endpoint=t.endpoint,
+        file=t.file,
+        sample_ratio=t.sample_ratio,
+        service_name=t.service_name,
     )
 
 
@@ -178,7 +223,11 @@ def build(settings: Settings, *, authorizer: Authorizer | None = None) -> Compon
     vault = VaultAdapter.from_settings(settings.vault, telemetry=telemetry)
     consul = ConsulAdapter(consul_config(settings), telemetry=telemetry)
     watch = watch_settings(settings)
-    replica = Replica(replica_config(settings), ConsulSessions(consul), vault)
+    replica_settings = replica_config(settings)
+    replica = Replica(
+        replica_settings, ConsulSessions(consul), vault,
+        registration=registration(settings, consul, replica_settings),
+    )  # fmt: skip
     leases = LeaseBroker(
         vault,
         mount=settings.vault.database_mount,
@@ -202,8 +251,10 @@ def build(settings: Settings, *, authorizer: Authorizer | None = None) -> Compon
         interval=settings.vault.kv_watch_interval,
         heartbeat_interval=settings.heartbeat_interval,
     )
+    agent = ConsulAgentServices(consul)
     registrations = RegistrationBroker(
-        ConsulAgentServices(consul),
+        agent,
+        agent,
         heartbeat_interval=settings.heartbeat_interval,
         watch_settings=watch,
     )
@@ -225,6 +276,7 @@ def build(settings: Settings, *, authorizer: Authorizer | None = None) -> Compon
         watch_settings=watch,
     )
     started_at = utcnow()
+    tracing = Tracing(tracing_config(settings))
     grpc = GrpcServer(
         grpc_config(settings),
         Sources(
@@ -242,6 +294,7 @@ def build(settings: Settings, *, authorizer: Authorizer | None = None) -> Compon
         audit=audit,
         limiter=RateLimiter(settings.limits.requests_per_second, settings.limits.burst),
         telemetry=telemetry,
+        tracing=tracing,
     )
     telemetry.registry.register(
         GatewayCollector(
@@ -277,5 +330,6 @@ def build(settings: Settings, *, authorizer: Authorizer | None = None) -> Compon
         config=config,
         discovery=discovery,
         grpc=grpc,
+        tracing=tracing,
         started_at=started_at,
     )

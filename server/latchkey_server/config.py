@@ -154,6 +154,21 @@ class ReplicaSettings(_Section):
     reap_grace: float = Field(default=5.0, ge=0)
     """How long a replica whose session died has to come back before another replica's reaper
     revokes the leases it journaled."""
+    register_service: bool = True
+    """Register this replica in its Consul agent as an instance of `replica.service` (a TTL
+    check passed at every session renewal; deregistered on a graceful stop)."""
+    service: str = Field(default="latchkey", pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
+    """Consul service name the replicas register as (`consul://AGENT/<service>` finds them)."""
+    advertise_address: str = ""
+    """Address clients dial, as registered; empty: the host of `listen`, or, when that is a
+    wildcard (0.0.0.0, ::), none, so Consul hands out the agent's node address."""
+    advertise_port: int = Field(default=0, ge=0, le=65535)
+    """Port clients dial, as registered; 0: the port the gateway listens on."""
+    service_tags: list[str] = Field(default_factory=list)
+    """Tags of the registered instance."""
+    deregister_after: float = Field(default=60.0, ge=60)
+    """Seconds the instance's check may stay critical (a killed replica) before the agent
+    removes it (`DeregisterCriticalServiceAfter`; Consul's minimum is 60)."""
 
 
 class CacheSettings(_Section):
@@ -184,6 +199,8 @@ class TlsSettings(_Section):
     require_client_cert: bool = True
     """With client_ca_file: every client must present a certificate it signed (mTLS).
     False: client certificates are not requested at all (TLS with bearer tokens only)."""
+    reload_interval: float = Field(default=5.0, gt=0)
+    """Seconds between checks of the three files for changes (SIGHUP reloads at once)."""
 
 
 class AuditSettings(_Section):
@@ -232,6 +249,27 @@ class HealthSettings(_Section):
     """Seconds between upstream pings feeding the gRPC health service."""
 
 
+class TracingSettings(_Section):
+    enabled: bool = False
+    """Export OpenTelemetry traces: a span per RPC, child spans per Vault/Consul request."""
+    exporter: Literal["otlp", "file", "console"] = "otlp"
+    """otlp (gRPC to `endpoint`), file (JSON lines to `file`) or console (stderr)."""
+    endpoint: str = Field(default="http://127.0.0.1:4317", min_length=1)
+    """OTLP/gRPC collector address."""
+    file: Path | None = None
+    """exporter file: where spans are appended, one JSON object per line."""
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    """Share of new traces sampled; a caller's sampling decision is followed."""
+    service_name: str = Field(default="latchkey-gateway", min_length=1)
+    """The `service.name` resource attribute."""
+
+    @model_validator(mode="after")
+    def _file_for_file(self) -> TracingSettings:
+        if self.enabled and self.exporter == "file" and self.file is None:
+            raise ValueError("tracing.exporter file needs tracing.file (where spans are written)")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LATCHKEY_", env_nested_delimiter="__", extra="forbid"
@@ -259,6 +297,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     @model_validator(mode="after")
     def _tls_or_insecure(self) -> Settings:

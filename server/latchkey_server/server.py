@@ -3,17 +3,20 @@
 `Gateway(settings)` only keeps the settings (no I/O). `start()` builds every component
 (`components.build`, which reads the files the settings name) and starts them; `serve()` is what
 `latchkey-server serve` runs: it captures SIGINT/SIGTERM (and SIGHUP, which reloads the
-policies) for its duration and restores the previous handlers afterwards, starts, waits for a
-signal or `request_stop()`, and shuts down. Reads no argv and no environment.
+policies and the TLS files) for its duration and restores the previous handlers afterwards,
+starts, waits for a signal or `request_stop()`, and shuts down. Reads no argv and no environment.
 
 Shutdown order (`shutdown()`):
-1. health reports NOT_SERVING (load balancers and probes stop sending work);
+1. health reports NOT_SERVING (load balancers and probes stop sending work), and the replica
+   deregisters its `latchkey` service instance from Consul (clients that find replicas there
+   move away);
 2. the brokers drain: every open stream ends with UNAVAILABLE, a `retry-after` and a message
    naming the reason, and new streams are refused the same way;
 3. the gRPC server stops, in-flight unary calls get `shutdown_grace` seconds;
 4. the lease broker revokes every lease it holds; the replica removes their journal records,
    gives back its replica key and ends its Consul session;
-5. the upstream adapters close (and the audit log, and the metrics listener).
+5. the upstream adapters close (and the audit log, the tracer provider, flushing its spans, and
+   the metrics listener).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class Gateway:
         self._metrics_server: Any = None
         self._health_monitor: HealthMonitor | None = None
         self._reload_task: asyncio.Task[None] | None = None
+        self._tls_task: asyncio.Task[None] | None = None
         self._stop_requested: asyncio.Event | None = None
         self._stop_reason = "stop requested"
         self._stopped = False
@@ -119,6 +123,7 @@ class Gateway:
             name = signal.Signals(sig).name
             if sig == signal.SIGHUP:
                 loop.call_soon_threadsafe(self.reload_policies)
+                loop.call_soon_threadsafe(self.reload_tls)
             else:
                 loop.call_soon_threadsafe(self.request_stop, f"the gateway received {name}")
 
@@ -141,10 +146,13 @@ class Gateway:
         for broker in c.brokers:
             await broker.start()
         self.port = await c.grpc.start()
+        await c.replica.announce(self.settings.listen, self.port)  # clients may find it now
         if c.grpc.config.tls is None:
             log.warning("serving PLAINTEXT gRPC (insecure); use TLS anywhere but loopback")
         if c.policies is not None:
             self._reload_task = asyncio.create_task(self._watch_policies())
+        if c.grpc.tls is not None:
+            self._tls_task = asyncio.create_task(self._watch_tls())
         self._health_monitor = HealthMonitor(
             [
                 Dependency(c.vault, [SECRETS_SERVICE]),
@@ -178,6 +186,21 @@ class Gateway:
         )
         return True
 
+    def reload_tls(self) -> bool:
+        """Re-read the TLS files now (SIGHUP): new handshakes use them, open connections carry
+        on. A broken or mismatched set keeps the previous one (logged and counted)."""
+        c = self._components
+        return c is not None and c.grpc.tls is not None and c.grpc.tls.reload()
+
+    async def _watch_tls(self) -> None:
+        tls = self.components.grpc.tls
+        assert tls is not None
+        while True:
+            # Polling interval for file changes (SIGHUP reloads at once).
+            await asyncio.sleep(self.settings.tls.reload_interval)
+            if tls.changed():
+                tls.reload()
+
     async def _watch_policies(self) -> None:
         policies = self.components.policies
         assert policies is not None
@@ -210,11 +233,14 @@ class Gateway:
         c = self._components
         if self._reload_task is not None:
             self._reload_task.cancel()
+        if self._tls_task is not None:
+            self._tls_task.cancel()
         if self._health_monitor is not None:
             await self._health_monitor.close()
         if c is not None:
             log.info("draining: %s", reason)
             await c.grpc.not_serving()
+            await c.replica.withdraw()  # consul:// clients move away before streams end
             drain = Draining(
                 f"{reason}: this gateway is draining and closed the stream; reconnect "
                 "(to another gateway, if you have several)",
@@ -231,6 +257,7 @@ class Gateway:
             await c.consul.close()
             await c.vault.close()
             c.audit.close()
+            c.tracing.shutdown()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

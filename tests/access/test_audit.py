@@ -37,6 +37,7 @@ def _record(**overrides: object) -> AuditRecord:
     values: dict[str, object] = {
         "time": datetime(2025, 1, 2, 3, 4, 5, 678_901, tzinfo=UTC),
         "request_id": "req-1",
+        "trace_id": "",
         "identity": "billing",
         "auth_method": "token",
         "peer": "ipv4:10.0.0.7:51234",
@@ -72,12 +73,13 @@ def test_line_shape_and_key_order(tmp_path: Path) -> None:
     first, second = _lines(path)
     assert list(first) == list(FIELDS)
     assert list(FIELDS) == [
-        "time", "request_id", "identity", "auth_method", "peer", "rpc", "resource", "kind",
-        "capability", "decision", "code", "latency_ms", "event", "returned", "detail",
+        "time", "request_id", "trace_id", "identity", "auth_method", "peer", "rpc", "resource",
+        "kind", "capability", "decision", "code", "latency_ms", "event", "returned", "detail",
     ]  # fmt: skip
     assert first == {
         "time": "2025-01-02T03:04:05.678Z",
         "request_id": "req-1",
+        "trace_id": "",
         "identity": "billing",
         "auth_method": "token",
         "peer": "ipv4:10.0.0.7:51234",
@@ -341,6 +343,7 @@ def test_line_is_what_json_dumps_writes(tmp_path: Path) -> None:
     document = {
         "time": "2025-01-02T03:04:05.678Z",
         "request_id": awkward,
+        "trace_id": "",
         "identity": awkward,
         "auth_method": "token",
         "peer": awkward,

@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from latchkey_server.access.certs import (
     CertPaths,
+    check_server_material,
     identity_from_pem,
     init_ca,
     issue_client,
@@ -418,3 +419,28 @@ async def test_identity_from_the_peer_certificate_in_auth_context(
     async with _channel(mtls_server, client) as channel:
         whoami: Callable[..., Any] = channel.unary_unary(WHOAMI)
         assert await whoami(b"", timeout=30) == identity.encode()
+
+
+def test_check_server_material_says_why_without_key_material(tmp_path: Path) -> None:
+    """What a TLS reload refuses (transport/tls.py); the e2e rotation test covers the reload."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    for folder in (one, two):
+        init_ca(folder)
+        issue_server(folder)
+    chain, key = (one / "server.crt").read_bytes(), (one / "server.key").read_bytes()
+    ca = (one / "ca.crt").read_bytes()
+    assert check_server_material(chain, key, ca) is None
+    assert check_server_material(chain, key, None) is None
+    other_key = (two / "server.key").read_bytes()
+    reasons = [
+        check_server_material(chain[:60], key, ca),
+        check_server_material(chain, key[:80], ca),
+        check_server_material(chain, other_key, ca),
+        check_server_material(chain, key, b"not a certificate"),
+    ]
+    assert reasons == [
+        "tls.cert_file holds no PEM certificate",
+        "tls.key_file is not an unencrypted PEM private key",
+        "tls.key_file does not match the certificate in tls.cert_file",
+        "tls.client_ca_file holds no PEM certificate",
+    ]

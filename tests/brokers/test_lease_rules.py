@@ -140,7 +140,7 @@ def test_an_unheld_lease_is_revoked_after_the_unheld_grace() -> None:
 
 @pytest.mark.parametrize(
     ("failures", "draw", "expected"),
-    [(1, 1.0, 0.5), (1, 0.0, 0.25), (2, 1.0, 1.0), (3, 1.0, 2.0), (10, 1.0, 10.0), (10, 0.0, 5.0)],
+    [(1, 1.0, 0.5), (1, 0.5, 0.25), (2, 1.0, 1.0), (3, 1.0, 2.0), (10, 1.0, 10.0), (10, 0.0, 0.0)],
 )
 def test_backoff(failures: int, draw: float, expected: float) -> None:
     assert r.backoff(failures, RULES, draw) == expected

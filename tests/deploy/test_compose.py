@@ -155,7 +155,7 @@ def test_readme_documents_the_services_and_ports(compose: dict[str, Any]) -> Non
     section = _readme_section()
     documented = {
         name: port
-        for name, port in re.findall(r"^\| `([a-z]+)` \|[^|]*\| (`\d+`|—) \|", section, re.M)
+        for name, port in re.findall(r"^\| `([a-z0-9-]+)` \|[^|]*\| (`\d+`|—) \|", section, re.M)
     }
     services = _services(compose)
     assert set(documented) == set(services)

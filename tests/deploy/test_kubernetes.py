@@ -113,7 +113,9 @@ def test_pod_is_non_root_read_only_without_capabilities() -> None:
 def test_secrets_come_from_secret_objects() -> None:
     pod = _pod(render(BASE))
     container = pod["containers"][0]
-    assert "env" not in container, "no credential is passed in the environment"
+    for env in container.get("env", []):  # only the pod's own name and IP (downward API)
+        assert set(env) == {"name", "valueFrom"}, env
+        assert set(env["valueFrom"]) == {"fieldRef"}, env
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["tls"]["secret"]["secretName"] == "latchkey-tls"
     assert volumes["tokens"]["secret"]["secretName"] == "latchkey-tokens"
@@ -246,3 +248,18 @@ async def test_the_pod_logs_in_to_a_real_vault_with_its_service_account_token(
         assert (await adapter.read_kv("secret", "app")).data == {"k": "v"}
     finally:
         await adapter.close()
+
+
+def test_each_pod_is_a_replica_with_an_id_of_its_own() -> None:
+    """Two replicas with distinct ids: the pod name (unique among live pods), and the pod IP as
+    the address each registers in Consul."""
+    resources = render(BASE)
+    assert _one(resources, "Deployment")["spec"]["replicas"] >= 2
+    env = {
+        e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+        for e in _pod(resources)["containers"][0]["env"]
+    }
+    assert env == {
+        "LATCHKEY_REPLICA__ID": "metadata.name",
+        "LATCHKEY_REPLICA__ADVERTISE_ADDRESS": "status.podIP",
+    }

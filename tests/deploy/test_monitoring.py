@@ -246,7 +246,7 @@ def test_prometheus_scrapes_latchkey_and_loads_the_rules() -> None:
     config = yaml.safe_load(PROMETHEUS.read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     targets = [t for group in jobs["latchkey"]["static_configs"] for t in group["targets"]]
-    assert targets == [f"latchkey:{METRICS_PORT}"]
+    assert targets == [f"latchkey:{METRICS_PORT}", f"latchkey-b:{METRICS_PORT}"]  # both replicas
     assert jobs["latchkey"].get("metrics_path", "/metrics") == "/metrics"
     # Every `up` selector names this job.
     for expr in all_queries():

@@ -36,6 +36,7 @@ from tests.gateway.helpers import can_login, eventually
 pytestmark = pytest.mark.faults
 
 ROLES = 8
+SERVICE = "latchkey"
 WAIT = 60.0
 """Hang guard: session TTL 3 s (invalidated within 6 s), grace 2 s, revocations well under."""
 
@@ -75,6 +76,14 @@ def _journal(agent: ConsulAgent, replica: str = "") -> list[str]:
     )
     found = [str(item["Key"]) for item in items or []]
     return [k for k in found if not replica or k == key or k.startswith(key + "/")]
+
+
+def _instances(agent: ConsulAgent, *, passing: bool = False) -> set[str]:
+    """`address:port` of every registered (or only the passing) `latchkey` service instance."""
+    _, items = consul.Consul(host="127.0.0.1", port=agent.http_port).health.service(
+        SERVICE, passing=passing
+    )
+    return {f"{i['Service']['Address']}:{i['Service']['Port']}" for i in items}
 
 
 def _restart(gw: GatewayProcess) -> None:
@@ -189,9 +198,11 @@ async def test_a_graceful_stop_leaves_no_journal_keys(
         )
         await asyncio.wait_for(stream.read(), WAIT)
         assert len(_journal(private_consul, _replica(gw))) == 1 + len(creds)
+        assert _instances(private_consul, passing=True) == {gw.addr}
         gw.signal(signal.SIGTERM)
         assert await asyncio.to_thread(gw.wait_exit, WAIT) == 0
     assert _journal(private_consul) == []
+    assert _instances(private_consul) == set(), "the service instance is deregistered"
     assert not any(await _logins(postgres, creds))
 
 
@@ -237,7 +248,32 @@ async def test_a_replica_rewrites_its_journal_when_consul_comes_back_empty(
         what="the replica to take a new session and write its journal again",
     )  # fmt: skip
     assert "journal record(s) rewritten" in gw.log_text()
+    await eventually(
+        lambda: _instances(private_consul, passing=True) == {gw.addr}, within=WAIT,
+        what="the replica to register its service instance again",
+    )  # fmt: skip
     # It goes on brokering, journaled as before.
     (more,) = await _credentials(gw, _roles(vault_server, 1))
     assert any(key.endswith(more.lease_id) for key in _journal(private_consul, _replica(gw)))
     assert await _logins(postgres, [*creds, more]) == [True] * 3
+
+
+async def test_the_cli_finds_the_replicas_through_consul(
+    gateway_process: GatewayFactory, private_consul: ConsulAgent
+) -> None:
+    gw = gateway_process("cli", consul=private_consul)
+    await eventually(
+        lambda: _instances(private_consul, passing=True) == {gw.addr}, within=WAIT,
+        what="the replica to be registered and passing",
+    )  # fmt: skip
+    addr = f"consul://{private_consul.http_addr}/{SERVICE}"
+    env = clean_env(LATCHKEY_ADDR=addr, LATCHKEY_TOKEN=gw.tokens["app"])
+    cli = await run_cli("status", "--format", "json", env=env)
+    assert cli.code == 0, cli.stderr
+    assert json.loads(cli.stdout)["address"] == gw.addr
+    # No passing replica: a message that says where the client looked and what to check.
+    gw.signal(signal.SIGTERM)
+    assert await asyncio.to_thread(gw.wait_exit, WAIT) == 0
+    cli = await run_cli("status", env=clean_env(LATCHKEY_ADDR=addr, LATCHKEY_TOKEN="x"))
+    assert cli.code != 0
+    assert f"Consul lists no passing instance of service {SERVICE!r}" in cli.stderr, cli.stderr

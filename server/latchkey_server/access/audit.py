@@ -2,7 +2,7 @@
 
 Each `AuditRecord` becomes one line, keys always present and always in this order (`FIELDS`):
 
-    {"time":"2025-01-02T03:04:05.678Z","request_id":"r-1","identity":"billing",
+    {"time":"2025-01-02T03:04:05.678Z","request_id":"r-1","trace_id":"","identity":"billing",
      "auth_method":"token","peer":"ipv4:10.0.0.7:51234","rpc":"/latchkey.v1.Secrets/GetSecret",
      "resource":"secret/data/billing/db","kind":"secret","capability":"read","decision":"allow",
      "code":"OK","latency_ms":1.25,"event":"request",
@@ -74,6 +74,7 @@ Event = Literal["request", "stream_open", "stream_event", "stream_end"]
 FIELDS: Final = (
     "time",
     "request_id",
+    "trace_id",
     "identity",
     "auth_method",
     "peer",
@@ -143,6 +144,8 @@ class AuditRecord:
     """Field name → secret value handed to the caller. Written only as HMACs."""
     detail: str = ""
     """A short, safe note (never a secret, token or upstream error text); cut to MAX_DETAIL."""
+    trace_id: str = ""
+    """The OpenTelemetry trace id of the call ("" when tracing is off or it was not traced)."""
 
     def __post_init__(self) -> None:
         moment = self.time
@@ -284,6 +287,7 @@ class AuditLog:
         return (
             f'{{"time":"{format_time(record.time)}",'
             f'"request_id":{_json_str(record.request_id)},'
+            f'"trace_id":{_json_str(record.trace_id)},'
             f'"identity":{_json_str(record.identity)},'
             f'"auth_method":{_json_str(record.auth_method)},'
             f'"peer":{_json_str(record.peer)},'

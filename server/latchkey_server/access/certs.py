@@ -176,6 +176,30 @@ def issue_client(
     )
 
 
+def check_server_material(chain: bytes, key: bytes, client_ca: bytes | None) -> str | None:
+    """Why this certificate chain, key and client CA cannot be served (None: they can).
+
+    The reason names the file setting and the problem, never any key material: a PEM that
+    does not parse, a key that does not belong to the chain's first certificate, an empty CA.
+    """
+    try:
+        certs = x509.load_pem_x509_certificates(chain)
+    except ValueError:
+        return "tls.cert_file holds no PEM certificate"
+    try:
+        private = serialization.load_pem_private_key(key, password=None)
+    except (ValueError, TypeError):
+        return "tls.key_file is not an unencrypted PEM private key"
+    if private.public_key() != certs[0].public_key():
+        return "tls.key_file does not match the certificate in tls.cert_file"
+    if client_ca is not None:
+        try:
+            x509.load_pem_x509_certificates(client_ca)
+        except ValueError:
+            return "tls.client_ca_file holds no PEM certificate"
+    return None
+
+
 def identity_from_pem(pem: bytes) -> str | None:
     """The identity of a client certificate: its first URI SAN, else its subject CN, else None.
 

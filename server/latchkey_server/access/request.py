@@ -35,6 +35,8 @@ class RequestInfo:
     rpc: str
     peer: str
     request_id: str = field(default_factory=new_request_id)
+    trace_id: str = ""
+    """The OpenTelemetry trace id of the call's span ("" when tracing is off)."""
     started: float = field(default_factory=time.monotonic)
     identity: Identity | None = None
     kind: str = ""

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
+from latchkey_server.backoff import delay as backoff_delay
 from latchkey_server.upstreams.vault_port import VAULT_SYSTEM_MAX_TTL
 
 
@@ -209,10 +210,8 @@ def unheld_revoke_at(unheld_since: datetime, rules: LeaseRules) -> datetime:
 
 
 def backoff(failures: int, rules: LeaseRules, draw: float) -> float:
-    """Exponential backoff with jitter: between half and all of min(cap, base * 2**(n-1))
-    (`draw` in [0, 1])."""
-    top = min(rules.retry_max_delay, rules.retry_delay * (2.0 ** max(0, failures - 1)))
-    return top * (0.5 + 0.5 * draw)
+    """The server's one backoff (`latchkey_server.backoff`) with the lease retry settings."""
+    return backoff_delay(failures, rules.retry_delay, rules.retry_max_delay, draw)
 
 
 def renew_retry_at(

@@ -18,6 +18,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 
+from latchkey_server.backoff import Backoff
 from latchkey_server.brokers.journal import PREFIX, REAPER_LOCK, parse_key, replica_key
 from latchkey_server.errors import LatchkeyError, NotFound
 from latchkey_server.upstreams.session_port import KvRecord, SessionGone, SessionStore
@@ -40,7 +41,8 @@ async def revoke_journaled(
     meanwhile stays). Failures are retried with backoff while `keep_going()`. Returns how many
     leases were revoked (or found gone)."""
     pending = list(entries)
-    done = failures = 0
+    done = 0
+    backoff = Backoff(0.5, 10.0)
     while pending and keep_going():
         results = await asyncio.gather(
             *(_revoke_one(vault, store, entry) for entry in pending), return_exceptions=True
@@ -56,8 +58,7 @@ async def revoke_journaled(
                 done += 1
         pending = left
         if pending:
-            failures += 1
-            await asyncio.sleep(min(10.0, 0.5 * 2 ** min(failures, 5)))  # retry backoff
+            await asyncio.sleep(backoff.next_delay())
     return done
 
 
@@ -97,7 +98,7 @@ class Reaper:
         self._holding_session: str | None = None
 
     async def run(self) -> None:
-        failures = 0
+        backoff = Backoff(0.5, self._wait)
         while True:
             session = self._session()
             try:
@@ -108,13 +109,12 @@ class Reaper:
                     await self._reap_while_holding(session)
                 else:
                     await self._wait_for_lock()
-                failures = 0
+                backoff.reset()
             except SessionGone:
                 pass  # the replica takes a new session; the lock was released with the old one
             except LatchkeyError as exc:
-                failures += 1
                 log.info("reaper of %s: %s", self._id, exc.message)
-                await asyncio.sleep(min(self._wait, 0.5 * 2 ** min(failures, 5)))  # backoff
+                await asyncio.sleep(backoff.next_delay())
             finally:
                 self._hold(None)
 

@@ -34,13 +34,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
+from latchkey_server.backoff import Backoff
 from latchkey_server.errors import LatchkeyError, Unavailable
 from latchkey_server.upstreams.consul_port import Saturated
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "Backoff",
     "ConsulWatch",
     "Fetch",
     "WatchOwner",
@@ -92,31 +92,6 @@ def _where(exc: BaseException) -> str:
     while tb.tb_next is not None:
         tb = tb.tb_next
     return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"
-
-
-class Backoff:
-    """Exponential backoff with full jitter: uniform(0, min(cap, base * 2**(n-1)))."""
-
-    def __init__(
-        self, base: float, cap: float, *, rng: Callable[[float, float], float] = random.uniform
-    ) -> None:
-        self.base = base
-        self.cap = cap
-        self._rng = rng
-        self.failures = 0
-
-    def ceiling(self) -> float:
-        if self.failures <= 0:
-            return 0.0
-        return min(self.cap, self.base * 2.0 ** min(self.failures - 1, 62))
-
-    def next_delay(self) -> float:
-        """Count one more failure and return how long to wait before retrying."""
-        self.failures += 1
-        return self._rng(0.0, self.ceiling())
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 class WatchOwner(Protocol[T_contra]):

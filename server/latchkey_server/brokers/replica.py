@@ -15,8 +15,8 @@ unique among live replicas, and:
 - the reaper (`_reaper.py`), which runs while this replica holds the `latchkey/v1/reaper` lock
   and revokes the journals of replicas that died.
 
-The session and the replica key are the seams for registering the replica as a Consul service
-(its TTL check can be bound to the session).
+- its instance of service `latchkey` in the local Consul agent (`registration.py`), whose TTL
+  check passes at every session renewal.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from latchkey_server.backoff import Backoff
 from latchkey_server.brokers._reaper import Reaper, revoke_journaled
 from latchkey_server.brokers.journal import (
     REPLICAS,
@@ -41,6 +42,7 @@ from latchkey_server.brokers.journal import (
     parse_key,
     replica_key,
 )
+from latchkey_server.brokers.registration import Registration
 from latchkey_server.errors import FailedPrecondition, LatchkeyError, Unavailable
 from latchkey_server.models import utcnow
 from latchkey_server.upstreams.session_port import KvRecord, SessionGone, SessionStore
@@ -89,8 +91,11 @@ class Replica:
         vault: VaultUpstream,
         *,
         clock: Callable[[], float] = time.monotonic,
+        registration: Registration | None = None,
     ) -> None:
         self.config = config
+        self.registration = registration
+        """This replica's service instance in Consul (None: `replica.register_service` is off)."""
         self._id = check_replica_id(config.id)
         self._store = store
         self._vault = vault
@@ -149,6 +154,16 @@ class Replica:
             asyncio.create_task(self.reaper.run(), name=f"replica {self._id} reaper"),
         ]
 
+    async def announce(self, listen: str, bound_port: int) -> None:
+        """Register this replica as a service instance (once it accepts calls)."""
+        if self.registration is not None:
+            await self.registration.register(listen, bound_port)
+
+    async def withdraw(self) -> None:
+        """Deregister the service instance (a graceful stop, as the drain begins)."""
+        if self.registration is not None:
+            await self.registration.withdraw()
+
     async def close(self) -> None:
         """Graceful stop (after the lease broker revoked its leases): remove the records of
         revoked leases, give the replica key and the reaper lock back, end the session. Records
@@ -156,6 +171,7 @@ class Replica:
         if self._closed:
             return
         self._closed = True
+        await self.withdraw()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -247,6 +263,8 @@ class Replica:
                 if failing:
                     log.warning("replica %s: its Consul session is kept again", self._id)
                 failing = False
+                if self._holding and self.registration is not None:
+                    await self.registration.heartbeat()  # the service check lives with it
 
     async def _reestablish(self) -> None:
         if self._holding:
@@ -326,16 +344,15 @@ class Replica:
 
     async def _forgetter(self) -> None:
         """Delete the records of leases Vault no longer has, retrying while Consul fails."""
-        failures = 0
+        backoff = Backoff(0.5, 10.0)
         while not self._closed:
             await self._forget_wake.wait()
             self._forget_wake.clear()
             if await self._delete_forgotten():
-                failures = 0
+                backoff.reset()
                 continue
-            failures += 1
             self._forget_wake.set()
-            await asyncio.sleep(min(10.0, 0.5 * 2 ** min(failures, 5)))  # retry backoff
+            await asyncio.sleep(backoff.next_delay())
 
     async def _delete_forgotten(self) -> bool:
         for lease_id in list(self._forget):

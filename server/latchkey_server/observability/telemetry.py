@@ -32,6 +32,12 @@ class Telemetry:
             "KV secret cache lookups, by result (hit|miss|negative|stale).",
             ["result"], registry=r,
         )  # fmt: skip
+        self.tls_reloads = Counter(
+            "latchkey_tls_reloads", "TLS certificate reloads, by result (ok|rejected).",
+            ["result"], registry=r,
+        )  # fmt: skip
+        for result in ("ok", "rejected"):
+            self.tls_reloads.labels(result)
         self.upstream_requests = Counter(
             "latchkey_upstream_requests", "Requests to upstreams, by upstream, operation, outcome.",
             ["upstream", "op", "outcome"], registry=r,

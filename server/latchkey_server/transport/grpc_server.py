@@ -27,6 +27,7 @@ from latchkey_server.access.gate import AccessGate
 from latchkey_server.access.ratelimit import RateLimiter
 from latchkey_server.errors import InvalidArgument
 from latchkey_server.observability.telemetry import Telemetry
+from latchkey_server.observability.tracing import Tracing
 from latchkey_server.transport.config import ConfigServicer, ConfigSource
 from latchkey_server.transport.discovery import (
     DiscoveryServicer,
@@ -42,6 +43,7 @@ from latchkey_server.transport.secrets import (
     SecretsServicer,
     SecretWatchSource,
 )
+from latchkey_server.transport.tls import ServerTls, TlsFiles
 
 SECRETS_SERVICE = secrets_pb2.DESCRIPTOR.services_by_name["Secrets"].full_name
 CONFIG_SERVICE = config_pb2.DESCRIPTOR.services_by_name["Config"].full_name
@@ -89,6 +91,8 @@ class GrpcConfig:
     """Bounds on what streams may keep queued (transport/flow.py)."""
     stream_ttl: float = 30.0
     """TTL of the check a Discovery.Register stream keeps passing."""
+    tls_files: TlsFiles | None = None
+    """Where `tls` was read from: re-read on `reload_tls()` (certificate rotation)."""
 
 
 @dataclass(frozen=True)
@@ -118,14 +122,19 @@ class GrpcServer:
         audit: AuditLog | None = None,
         limiter: RateLimiter | None = None,
         telemetry: Telemetry | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.config = config
         kv_mount = config.kv_mount
         self._health = health.aio.HealthServicer()
         interceptor = GatewayInterceptor(
-            authn, audit=audit, limiter=limiter, telemetry=telemetry, flow=config.flow
-        )
+            authn, audit=audit, limiter=limiter, telemetry=telemetry, flow=config.flow,
+            tracing=tracing,
+        )  # fmt: skip
         self._interceptor = interceptor
+        self._tls_reloads = telemetry.tls_reloads if telemetry is not None else None
+        self.tls: ServerTls | None = None
+        """The dynamic TLS credentials once bound (None: plaintext)."""
         server = grpc.aio.server(interceptors=[interceptor], options=GRPC_OPTIONS)
         secrets_pb2_grpc.add_SecretsServicer_to_server(
             SecretsServicer(
@@ -174,12 +183,15 @@ class GrpcServer:
         if tls is None:
             port = self._server.add_insecure_port(listen)
         else:
-            credentials = grpc.ssl_server_credentials(
-                [(tls.private_key, tls.certificate_chain)],
-                root_certificates=tls.client_ca,
-                require_client_auth=tls.client_ca is not None and tls.require_client_cert,
+            self.tls = ServerTls(
+                tls.certificate_chain,
+                tls.private_key,
+                tls.client_ca,
+                require_client_cert=tls.require_client_cert,
+                files=self.config.tls_files,
+                reloads=self._tls_reloads,
             )
-            port = self._server.add_secure_port(listen, credentials)
+            port = self._server.add_secure_port(listen, self.tls.credentials())
         return port
 
     async def set_serving(self, service: str, serving: bool) -> None:

@@ -16,6 +16,10 @@ A server stream is driven from the task gRPC runs the call in (a coroutine handl
 cancels, the gateway drains, a policy reload, a stalled client, an error), is handled and
 audited there, exactly once (`stream_end` with its cause in `detail`), and the context
 variables are reset in the context that set them. Writes go through `StreamSender` (flow.py).
+Tracing (observability/tracing.py, off by default): each call runs inside a server span that
+continues the caller's `traceparent`; its outcome is the status name, the audit write a call
+waits for is a child span, and a stream's span carries one event per message it sends (issued,
+renewed, rotation, revoked, snapshot, change, instances; not heartbeats), not a span per message.
 Public methods (health, reflection) are not authenticated, but a health request that cannot be
 decoded still gets INVALID_ARGUMENT, not gRPC's logged UNKNOWN.
 """
@@ -47,6 +51,16 @@ from latchkey_server.errors import (
 )
 from latchkey_server.models import Identity, utcnow
 from latchkey_server.observability.telemetry import Telemetry
+from latchkey_server.observability.tracing import (
+    Span,
+    Tracing,
+    add_event,
+    annotate,
+    child_span,
+    current_trace_id,
+    end_status,
+    set_attributes,
+)
 from latchkey_server.transport.errors import abort_with, status_name
 from latchkey_server.transport.flow import FlowLimits, SharedPayloads, StreamSender
 
@@ -91,8 +105,10 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         limiter: RateLimiter | None = None,
         telemetry: Telemetry | None = None,
         flow: FlowLimits | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._authn = authenticator
+        self._tracing = tracing or Tracing()
         self._flow = flow or FlowLimits()
         self._budget = QueueBudget(self._flow.identity_bytes)
         self._shared = SharedPayloads()
@@ -122,6 +138,8 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             info.decision = "deny"
             raise
         info.identity = identity
+        if info.trace_id:
+            annotate({"latchkey.request_id": info.request_id, "latchkey.identity": identity.name})
         if self._limiter is not None:
             self._limiter.check(identity.name)
         return identity
@@ -148,6 +166,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         record = AuditRecord(
             time=utcnow(),
             request_id=info.request_id,
+            trace_id=info.trace_id,
             identity=identity.name if identity else "",
             auth_method=identity.method if identity else "",
             peer=info.peer,
@@ -223,22 +242,28 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                 info = RequestInfo(rpc=method, peer=context.peer() or "")
                 request_token = begin(info)
                 identity_token = None
-                try:
-                    identity_token = set_identity(self._admit(context, info))
-                    response = await inner_uu(parse(raw), context)
-                    written = self._audit(info, None, "request")
-                    if written is not None:
-                        await written
-                    return response
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as exc:
-                    self._audit_failure(info, exc, "request")
-                    await abort_with(context, exc)
-                finally:
-                    if identity_token is not None:
-                        reset_identity(identity_token)
-                    end(request_token)
+                with self._tracing.server_span(method, context.invocation_metadata) as span:
+                    if span is not None:
+                        info.trace_id = current_trace_id()
+                    try:
+                        identity_token = set_identity(self._admit(context, info))
+                        response = await inner_uu(parse(raw), context)
+                        with child_span("audit.write"):
+                            written = self._audit(info, None, "request")
+                            if written is not None:
+                                await written
+                        end_status(span, "OK")
+                        return response
+                    except grpc.aio.AbortError:
+                        raise
+                    except Exception as exc:
+                        end_status(span, status_name(exc), exc)
+                        self._audit_failure(info, exc, "request")
+                        await abort_with(context, exc)
+                    finally:
+                        if identity_token is not None:
+                            reset_identity(identity_token)
+                        end(request_token)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary, response_serializer=_passing_bytes(handler.response_serializer)
@@ -262,7 +287,21 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         context: Context,
     ) -> None:
         """Run one server stream in this (the call's own) task, and end it exactly once."""
+        with self._tracing.server_span(method, context.invocation_metadata) as span:
+            await self._stream_in_span(span, method, inner, parse, raw, context)
+
+    async def _stream_in_span(
+        self,
+        span: Span | None,
+        method: str,
+        inner: Callable[[Any, Context], Any],
+        parse: Callable[[bytes], Any],
+        raw: bytes,
+        context: Context,
+    ) -> None:
         info = RequestInfo(rpc=method, peer=context.peer() or "")
+        if span is not None:
+            info.trace_id = current_trace_id()
         request_token = begin(info)
         identity_token = None
         sender: StreamSender | None = None
@@ -274,22 +313,30 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             async with aclosing(inner(parse(raw), context)) as events:
                 async for item in events:
                     if not opened or info.returned:
-                        written = self._audit(
-                            info, None, "stream_event" if opened else "stream_open"
-                        )
-                        if written is not None:
-                            await written
+                        with child_span("audit.write"):
+                            written = self._audit(
+                                info, None, "stream_event" if opened else "stream_open"
+                            )
+                            if written is not None:
+                                await written
                         opened = True
+                    if span is not None:
+                        _stream_event(item)
                     await sender.send(item)
             if opened:
                 self._audit(info, None, "stream_end", quiet=True, detail="cause=completed")
+            end_status(span, "OK")
         except asyncio.CancelledError as exc:
             cause = end_cause(exc, stopping=self.stopping)
+            end_status(span, "CANCELLED", exc)
+            set_attributes(span, {"latchkey.stream_end": cause})
             event = "stream_end" if opened else "request"
             self._audit_failure(info, exc, event, detail=f"cause={cause}")
             raise
         except Exception as exc:
             event = "stream_end" if opened else "request"
+            end_status(span, status_name(exc), exc)
+            set_attributes(span, {"latchkey.stream_end": end_cause(exc)})
             self._audit_failure(info, exc, event, detail=f"cause={end_cause(exc)}")
             await abort_with(context, exc)
         finally:
@@ -305,6 +352,14 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         """Audit a failed or cancelled call; never raises (the call is ending anyway)."""
         info.returned.clear()
         self._audit(info, error, event, quiet=True, detail=detail)
+
+
+def _stream_event(item: Any) -> None:
+    """One span event per stream message, named after its kind (heartbeats are left out)."""
+    which = getattr(item, "WhichOneof", None)
+    kind = which("event") if which is not None else None
+    if kind and kind != "heartbeat":
+        add_event(kind)
 
 
 def _passing_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:

@@ -1,15 +1,13 @@
-"""The Consul agent's service API (`AgentServices` of `agent_port.py`).
+"""Consul agent service registration (`AgentServices` and `InstanceChecks` of `agent_port.py`).
 
 A private sibling of `consul.py`, like `_consul_sessions.py`: every request goes through the
-adapter's one request path (`ConsulAdapter._get`), so it takes its token of the request budget
-and its connection from the same budget, with the same timeouts, reachability, metrics
-(`op` labels `agent_*`, `health_checks`) and error table.
+adapter's one request path (`ConsulAdapter._get`: request budget, read reserve, timeouts,
+reachability, metrics; `op` labels `agent_*`).
 
-Consul 1.8.7 answers (shared/reference/consul-notes.md, and probed): registering an id that
-exists replaces it (`replace-existing-checks` drops checks the new definition lacks); a check
-definition with `DeregisterCriticalServiceAfter` below one minute is raised to one minute by
-the agent's reaper; `PUT /v1/agent/check/pass/<id>` for a check the agent does not know is an
-error naming the check ("Unknown check"), so is deregistering an unknown service id.
+Consul 1.8.7 answers (shared/reference/consul-notes.md §6-7, and probed): register with
+`?replace-existing-checks` is idempotent; passing an unknown check is a 500 `CheckID "x" does
+not have associated TTL`; deregistering an unknown id is a 200. An instance's checks are read
+from `/v1/health/checks/<service>` filtered to its id (`?filter=ServiceID == "..."`, blocking).
 """
 
 from __future__ import annotations
@@ -18,63 +16,28 @@ import json
 from typing import Any
 from urllib.parse import quote
 
-from latchkey_server.errors import InvalidArgument
 from latchkey_server.models import CheckKind, CheckSpec, CheckStatus, HealthStatus
-from latchkey_server.models import ServiceRegistration as Registration
-from latchkey_server.upstreams._consul_parse import (
-    ConsulUnavailable,
-    Reply,
-    decode_list,
-    go_duration,
-)
+from latchkey_server.upstreams._consul_parse import ConsulUnavailable, decode_list, go_duration
+from latchkey_server.upstreams.agent_port import ServiceDefinition
 from latchkey_server.upstreams.consul import ConsulAdapter
 from latchkey_server.upstreams.consul_port import WatchSlots
 
 _OK = (200,)
-_KNOWN_OR_NOT = (200, 404, 500)
-
-
-def _text(reply: Reply) -> str:
-    return reply.body.decode(errors="replace").strip()[:200]
-
-
-def _unknown(reply: Reply) -> bool:
-    """The agent's answer for an id it does not know (404, or 500 in older agents)."""
-    return reply.status == 404 or (reply.status == 500 and "nknown" in _text(reply))
+_OK_OR_SERVER_ERROR = (200, 500)
 
 
 def check_definition(check: CheckSpec) -> dict[str, Any]:
-    """One entry of `Checks` in an agent service registration."""
+    """A check Consul runs (HTTP, TCP, gRPC), as an entry of a registration's `Checks`."""
     body: dict[str, Any] = {
         "CheckID": check.check_id,
         "Name": check.name,
+        "Interval": go_duration(check.interval),
+        "Timeout": go_duration(check.timeout),
         "DeregisterCriticalServiceAfter": go_duration(check.deregister_after),
     }
-    if check.kind is CheckKind.TTL:
-        body["TTL"] = go_duration(check.interval)
-        body["Status"] = "passing"
-        return body
-    body["Interval"] = go_duration(check.interval)
-    body["Timeout"] = go_duration(check.timeout)
-    if check.kind is CheckKind.HTTP:
-        body["HTTP"] = check.target
-    elif check.kind is CheckKind.TCP:
-        body["TCP"] = check.target
-    else:
-        body["GRPC"] = check.target
+    key = {CheckKind.HTTP: "HTTP", CheckKind.TCP: "TCP", CheckKind.GRPC: "GRPC"}[check.kind]
+    body[key] = check.target
     return body
-
-
-def registration_body(reg: Registration) -> dict[str, Any]:
-    return {
-        "ID": reg.instance_id,
-        "Name": reg.service,
-        "Address": reg.address,
-        "Port": reg.port,
-        "Tags": list(reg.tags),
-        "Meta": dict(reg.meta),
-        "Checks": [check_definition(c) for c in reg.checks],
-    }
 
 
 def _check_status(raw: Any) -> CheckStatus:
@@ -93,7 +56,7 @@ def _check_status(raw: Any) -> CheckStatus:
 
 
 class ConsulAgentServices:
-    """`AgentServices` over a `ConsulAdapter`."""
+    """`AgentServices` and `InstanceChecks` over a `ConsulAdapter`."""
 
     def __init__(self, consul: ConsulAdapter) -> None:
         self._consul = consul
@@ -106,40 +69,50 @@ class ConsulAgentServices:
     def reachable(self) -> bool:
         return self._consul.reachable
 
-    async def register_service(self, registration: Registration) -> None:
-        body = json.dumps(registration_body(registration)).encode()
-        reply = await self._consul._get(
-            "agent_register", registration.service, "/v1/agent/service/register",
-            {"replace-existing-checks": "true"}, None, None, method="PUT", body=body,
-            accept=(200, 400, 500),
+    async def register(self, service: ServiceDefinition) -> None:
+        body: dict[str, Any] = {
+            "ID": service.id,
+            "Name": service.name,
+            "Tags": list(service.tags),
+            "Address": service.address,
+            "Port": service.port,
+            "Meta": dict(service.meta),
+            "Checks": [check_definition(c) for c in service.checks],
+        }
+        if service.ttl_check:
+            ttl = {
+                "CheckID": service.ttl_check_id,
+                "Name": f"{service.name} {service.id} alive",
+                "TTL": go_duration(service.check_ttl),
+                "Status": "passing",
+                "DeregisterCriticalServiceAfter": go_duration(service.deregister_after),
+            }
+            body["Checks"] = [*body["Checks"], ttl]
+        await self._consul._get(
+            "agent_register", service.name, "/v1/agent/service/register",
+            {"replace-existing-checks": ""}, None, None, method="PUT",
+            body=json.dumps(body).encode(), accept=_OK,
         )  # fmt: skip
-        if reply.status == 400 or (reply.status == 500 and "nvalid" in _text(reply)):
-            raise InvalidArgument(f"Consul refused the registration: {_text(reply)}")
-        if reply.status != 200:
-            raise ConsulUnavailable(
-                f"Consul could not register the instance: {_text(reply)}", http_status=500
-            )
 
-    async def deregister_service(self, instance_id: str) -> None:
-        path = f"/v1/agent/service/deregister/{quote(instance_id, safe='')}"
-        reply = await self._consul._get(
-            "agent_deregister", instance_id, path, {}, None, None, method="PUT",
-            accept=_KNOWN_OR_NOT,
-        )  # fmt: skip
-        if reply.status != 200 and not _unknown(reply):
-            raise ConsulUnavailable(f"Consul could not deregister: {_text(reply)}")
-
-    async def pass_ttl(self, check_id: str, note: str) -> bool:
+    async def pass_check(self, check_id: str, note: str = "") -> bool:
         path = f"/v1/agent/check/pass/{quote(check_id, safe='')}"
+        params = {"note": note} if note else {}
         reply = await self._consul._get(
-            "agent_check_pass", check_id, path, {"note": note}, None, None, method="PUT",
-            accept=_KNOWN_OR_NOT,
+            "agent_check_pass", check_id, path, params, None, None, method="PUT",
+            accept=_OK_OR_SERVER_ERROR,
         )  # fmt: skip
-        if reply.status == 200:
-            return True
-        if _unknown(reply):
-            return False
-        raise ConsulUnavailable(f"Consul could not update the check: {_text(reply)}")
+        if reply.status == 500:
+            text = reply.body.decode(errors="replace").strip()[:200]
+            if "does not have associated TTL" in text or "Unknown check" in text:
+                return False
+            raise ConsulUnavailable(f"Consul failed a check update: {text}", http_status=500)
+        return True
+
+    async def deregister(self, service_id: str) -> None:
+        path = f"/v1/agent/service/deregister/{quote(service_id, safe='')}"
+        await self._consul._get(
+            "agent_deregister", service_id, path, {}, None, None, method="PUT", accept=_OK
+        )
 
     async def service_checks(
         self, service: str, instance_id: str, index: int | None = None, wait: float | None = None

@@ -7,15 +7,16 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import random
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from latchkey_server import backoff
 from latchkey_server.errors import LatchkeyError, PermissionDenied, Unavailable
 from latchkey_server.upstreams._reachability import Reachability
-from latchkey_server.upstreams._retry import backoff_delay
 from latchkey_server.upstreams._vault_config import VaultAdapterConfig
 from latchkey_server.upstreams._vault_responses import response_warnings
 from latchkey_server.upstreams.vault_port import TokenDeadlineListener
@@ -279,7 +280,8 @@ class TokenKeeper(abc.ABC):
         except Unavailable:
             tok.failures += 1
             remaining = (tok.expires_at or now + 60.0) - now
-            wait = min(backoff_delay(tok.failures, 0.5, 10.0) + 0.1, max(0.1, remaining / 3))
+            retry = backoff.delay(tok.failures + 1, 0.5, 10.0, random.random()) + 0.1
+            wait = min(retry, max(0.1, remaining / 3))
             tok.next_renew_at = now + wait
             return
         except LatchkeyError as exc:

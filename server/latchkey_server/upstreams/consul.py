@@ -35,6 +35,7 @@ import aiohttp
 from latchkey_server.errors import InvalidArgument, NotFound
 from latchkey_server.models import ConfigEntry, Instance, utcnow
 from latchkey_server.observability.telemetry import Telemetry
+from latchkey_server.observability.tracing import child_span, set_attributes
 from latchkey_server.upstreams._consul_budget import BudgetStats, RequestBudget
 from latchkey_server.upstreams._consul_parse import (
     ConsulSaturated,
@@ -421,19 +422,16 @@ class ConsulAdapter:
         )
         await self._token(op, target, blocking)
         async with self._tracked(op, target), self._slot(op, blocking):
+            # The span names the operation only: keys, prefixes and services stay out of it.
+            span_cm = child_span(
+                "consul " + op,
+                {"latchkey.upstream": "consul", "latchkey.operation": op,
+                 "http.request.method": method, "latchkey.blocking": blocking},
+            )  # fmt: skip
             try:
-                async with session.request(
-                    method, self._base + path, params=query, data=body, timeout=timeout,
-                    allow_redirects=False,
-                ) as resp:  # fmt: skip
-                    body = await resp.read()
-                    reply = Reply(
-                        status=resp.status,
-                        index=int_header(resp.headers, "X-Consul-Index"),
-                        known_leader=resp.headers.get("X-Consul-KnownLeader", "true") == "true",
-                        last_contact_ms=int_header(resp.headers, "X-Consul-LastContact"),
-                        body=body,
-                    )
+                with span_cm as span:
+                    reply = await self._send(session, method, path, query, body, timeout)
+                    set_attributes(span, {"http.response.status_code": reply.status})
             except TimeoutError as exc:
                 self._reachable = False
                 self._requests.labels("consul", op, "error").inc()
@@ -449,6 +447,27 @@ class ConsulAdapter:
         outcome = "ok" if reply.status in accept else "error"
         self._requests.labels("consul", op, outcome).inc()
         return self._check_status(op, reply, accept)
+
+    async def _send(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        path: str,
+        query: dict[str, str],
+        body: bytes | None,
+        client_timeout: aiohttp.ClientTimeout,
+    ) -> Reply:
+        async with session.request(
+            method, self._base + path, params=query, data=body, timeout=client_timeout,
+            allow_redirects=False,
+        ) as resp:  # fmt: skip
+            return Reply(
+                status=resp.status,
+                index=int_header(resp.headers, "X-Consul-Index"),
+                known_leader=resp.headers.get("X-Consul-KnownLeader", "true") == "true",
+                last_contact_ms=int_header(resp.headers, "X-Consul-LastContact"),
+                body=await resp.read(),
+            )
 
     @staticmethod
     def _check_status(op: str, reply: Reply, accept: tuple[int, ...] = (200, 404)) -> Reply:

@@ -25,6 +25,7 @@ import functools
 import itertools
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -35,10 +36,11 @@ import hvac
 import hvac.exceptions as hvac_exc
 import requests
 
+from latchkey_server import backoff
 from latchkey_server.errors import LatchkeyError, NotFound, PermissionDenied, Unavailable
 from latchkey_server.models import KvSecret
 from latchkey_server.observability.telemetry import Telemetry
-from latchkey_server.upstreams._retry import backoff_delay
+from latchkey_server.observability.tracing import child_span
 from latchkey_server.upstreams._vault_config import (
     AppRoleAuth,
     FileSecret,
@@ -254,7 +256,14 @@ class VaultAdapter(TokenKeeper):
         tries = max(1, attempts if attempts is not None else self.config.retry_attempts)
         for attempt in itertools.count():
             try:
-                result = await loop.run_in_executor(self._pool, fn)
+                # One span per request (attempt), named by its fixed operation label: the
+                # action text may name a secret path, so it never becomes an attribute.
+                with child_span(
+                    "vault " + operation(action),
+                    {"latchkey.upstream": "vault", "latchkey.operation": operation(action),
+                     "latchkey.attempt": attempt + 1},
+                ):  # fmt: skip
+                    result = await loop.run_in_executor(self._pool, fn)
             except Exception as exc:
                 cause, error = translate(exc, action, messages)
                 if cause is not None:  # else the call failed on our side: Vault was not asked
@@ -270,8 +279,11 @@ class VaultAdapter(TokenKeeper):
                             vault_messages(exc))  # fmt: skip
                     raise error from exc
                 await asyncio.sleep(
-                    backoff_delay(
-                        attempt, self.config.retry_base_delay, self.config.retry_max_delay
+                    backoff.delay(
+                        attempt + 1,
+                        self.config.retry_base_delay,
+                        self.config.retry_max_delay,
+                        random.random(),
                     )
                 )
             else:

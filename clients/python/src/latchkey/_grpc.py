@@ -11,6 +11,7 @@ import grpc
 from latchkey._errors import Cancelled, LatchkeyError, StatusCode
 from latchkey._explain import explain
 from latchkey._settings import ClientSettings, Endpoint
+from latchkey._tls import TlsMaterial
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -33,15 +34,18 @@ def metadata(settings: ClientSettings) -> Metadata:
 
 
 def channel_credentials(
-    settings: ClientSettings, endpoint: Endpoint
+    settings: ClientSettings, endpoint: Endpoint, material: TlsMaterial | None = None
 ) -> grpc.ChannelCredentials | None:
-    """TLS credentials for an endpoint (None: plaintext)."""
+    """TLS credentials for an endpoint (None: plaintext), from `material` (the files' current
+    content) when given, else from the settings."""
     if not endpoint.tls:
         return None
+    if material is None:
+        material = TlsMaterial(settings.cacert, settings.client_cert, settings.client_key)
     return grpc.ssl_channel_credentials(
-        root_certificates=settings.cacert,
-        private_key=settings.client_key,
-        certificate_chain=settings.client_cert,
+        root_certificates=material.cacert,
+        private_key=material.client_key,
+        certificate_chain=material.client_cert,
     )
 
 

@@ -10,7 +10,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from latchkey import _consul
+from latchkey._consul import ConsulReplicas
 from latchkey._errors import ConfigurationError
+from latchkey._tls import TlsFiles
 
 ENV_ADDR = "LATCHKEY_ADDR"
 ENV_TOKEN = "LATCHKEY_TOKEN"
@@ -18,6 +21,7 @@ ENV_CACERT = "LATCHKEY_CACERT"
 ENV_CLIENT_CERT = "LATCHKEY_CLIENT_CERT"
 ENV_CLIENT_KEY = "LATCHKEY_CLIENT_KEY"
 ENV_DEV_PID = "LATCHKEY_DEV_PID"
+ENV_CONSUL_TOKEN = "LATCHKEY_CONSUL_TOKEN"
 
 NO_ADDRESS = (
     f"no gateway address: pass addr=... or set {ENV_ADDR} (e.g. 127.0.0.1:7400; for the "
@@ -45,7 +49,8 @@ class ClientSettings:
     """Everything a client needs to reach the gateway."""
 
     endpoints: tuple[Endpoint, ...]
-    """Gateway addresses, tried in order; the client fails over between them."""
+    """Gateway addresses, tried in order; the client fails over between them (empty when
+    `replicas` finds them)."""
     token: str | None = field(default=None, repr=False)
     """Bearer token sent as `authorization: Bearer <token>`."""
     cacert: bytes | None = field(default=None, repr=False)
@@ -58,12 +63,20 @@ class ClientSettings:
     """Deadline of each unary attempt, seconds."""
     retry_deadline: float = 15.0
     """Total time a unary call may spend retrying UNAVAILABLE, seconds."""
+    replicas: ConsulReplicas | None = None
+    """Where Consul lists the gateway's replicas (`consul://AGENT/SERVICE`): its passing
+    instances are the failover list, kept current."""
+    replicas_tls: bool = False
+    """Whether the channels to the replicas found in Consul use TLS."""
     dev_pid: int | None = None
     """PID of the `latchkey-server dev` that wrote these settings (`LATCHKEY_DEV_PID`, set by
     `.latchkey/dev.env`); once it has exited, a failed connection raises `DevStackNotRunning`."""
+    tls_files: TlsFiles | None = None
+    """The files `cacert`/`client_cert`/`client_key` were read from: re-read when they change,
+    for new channels (certificate rotation)."""
 
 
-def _read(path: str | os.PathLike[str] | None, what: str) -> bytes | None:
+def read_pem(path: str | os.PathLike[str] | None, what: str) -> bytes | None:
     if path is None or str(path) == "":
         return None
     marker, env = _PEM_MARKERS[what]
@@ -127,7 +140,11 @@ def resolve_settings(
     retry_deadline: float = 15.0,
     environ: Mapping[str, str] | None = None,
 ) -> ClientSettings:
-    """Build settings from explicit arguments, falling back to `LATCHKEY_*` variables."""
+    """Build settings from explicit arguments, falling back to `LATCHKEY_*` variables.
+
+    The address is one or more gateways (`host:port`, `http://...`, `https://...`, comma
+    separated) or `consul://AGENT/SERVICE` (the replicas Consul lists as passing; its token from
+    `LATCHKEY_CONSUL_TOKEN`)."""
     env = os.environ if environ is None else environ
     addr = addr if addr is not None else env.get(ENV_ADDR)
     token = token if token is not None else env.get(ENV_TOKEN) or None
@@ -141,13 +158,33 @@ def resolve_settings(
     if addr is None:
         raise ConfigurationError(NO_ADDRESS)
     tls_default = cacert is not None or client_cert is not None
+    items = [addr] if isinstance(addr, str) else list(addr)
+    replicas: ConsulReplicas | None = None
+    endpoints: tuple[Endpoint, ...] = ()
+    if any(_consul.is_consul(part) for item in items for part in item.split(",")):
+        if len(items) != 1 or "," in items[0]:
+            raise ConfigurationError(
+                "a consul:// address stands alone: give either consul://AGENT/SERVICE or a "
+                "comma-separated list of gateway addresses"
+            )
+        replicas = _consul.parse(items[0], env.get(ENV_CONSUL_TOKEN))
+    else:
+        endpoints = parse_addresses(addr, tls_default=tls_default, insecure=insecure)
     return ClientSettings(
-        endpoints=parse_addresses(addr, tls_default=tls_default, insecure=insecure),
+        endpoints=endpoints,
+        replicas=replicas,
+        replicas_tls=tls_default and not insecure,
         token=token,
-        cacert=_read(cacert, "CA certificate"),
-        client_cert=_read(client_cert, "client certificate"),
-        client_key=_read(client_key, "client key"),
+        cacert=read_pem(cacert, "CA certificate"),
+        client_cert=read_pem(client_cert, "client certificate"),
+        client_key=read_pem(client_key, "client key"),
         timeout=timeout,
         retry_deadline=retry_deadline,
         dev_pid=_dev_pid(env.get(ENV_DEV_PID)),
+        tls_files=_tls_files(cacert, client_cert, client_key),
     )
+
+
+def _tls_files(*paths: str | os.PathLike[str] | None) -> TlsFiles | None:
+    given = [Path(p) if p is not None and str(p) else None for p in paths]
+    return TlsFiles(*given) if any(given) else None

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 AsyncHandler = Callable[[Any], Awaitable[None]]
+T = TypeVar("T")
 
 
 async def sleep(seconds: float) -> None:
@@ -61,3 +63,33 @@ class AsyncBackgroundTask:
             self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+
+
+async def run_blocking(fn: Callable[[], T], name: str) -> T:
+    """Run a blocking call in a daemon thread of its own and await its result.
+
+    Not the loop's default executor: a call blocked in I/O would hold `asyncio.run()`'s exit
+    (it joins that executor) until it returns. The caller ends such a call (closing its socket)
+    when it stops waiting; a result arriving after the loop closed is dropped.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def work() -> None:
+        try:
+            result, error = fn(), None
+        except BaseException as exc:  # handed over to the awaiting task
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=work, name=name, daemon=True).start()
+    return await future

@@ -11,6 +11,7 @@ from latchkey import _convert
 from latchkey._async._transport import AsyncStream, AsyncTransport
 from latchkey._async._watch import AsyncWatch
 from latchkey._models import ConfigEntry, ConfigEvent, StreamStatus
+from latchkey._settings import Endpoint
 from latchkey._streams import ConfigView, ModelBinder
 from latchkey.v1 import config_pb2
 
@@ -47,7 +48,7 @@ class AsyncConfig:
     ) -> AsyncWatch:
         view = ConfigView()
 
-        def open_stream() -> tuple[AsyncStream[Any], int]:
+        def open_stream() -> tuple[AsyncStream[Any], Endpoint]:
             request = _convert.watch_config_request(prefix, view.resume_index, view.resume_epoch)
             return self._transport.stream(lambda s: s.config.Watch, request)
 

@@ -11,6 +11,7 @@ from latchkey._async._transport import AsyncStream, AsyncTransport
 from latchkey._async._watch import AsyncWatch
 from latchkey._errors import LatchkeyError
 from latchkey._models import DatabaseCredentials, LeaseInfo, RenewedLease, Secret, StreamStatus
+from latchkey._settings import Endpoint
 from latchkey._streams import CredentialView, Rotation, SecretView
 from latchkey.v1 import secrets_pb2
 
@@ -66,7 +67,7 @@ class AsyncWatchedSecret:
         self._status_callbacks.append(callback)
         return callback
 
-    def _open(self) -> tuple[AsyncStream[Any], int]:
+    def _open(self) -> tuple[AsyncStream[Any], Endpoint]:
         request = _convert.watch_secret_request(self.path, self.mount)
         return self._transport.stream(lambda s: s.secrets.WatchSecret, request)
 
@@ -177,7 +178,7 @@ class AsyncRotatingCredentials:
         self._status_callbacks.append(callback)
         return callback
 
-    def _open(self) -> tuple[AsyncStream[Any], int]:
+    def _open(self) -> tuple[AsyncStream[Any], Endpoint]:
         request = _convert.watch_credentials_request(self.role, self._view.lease_id)
         return self._transport.stream(lambda s: s.secrets.WatchDatabaseCredentials, request)
 

@@ -11,6 +11,7 @@ from latchkey._async._transport import AsyncStream, AsyncTransport
 from latchkey._async._watch import AsyncWatch
 from latchkey._models import Instance, RegistrationHealth, ServiceEvent, StreamStatus
 from latchkey._pick import Picker, Strategy
+from latchkey._settings import Endpoint
 from latchkey._streams import RegistrationView, ServiceView
 from latchkey.v1 import discovery_pb2
 
@@ -68,7 +69,7 @@ class AsyncRegistration:
         self._status_callbacks.append(callback)
         return callback
 
-    def _open(self) -> tuple[AsyncStream[Any], int]:
+    def _open(self) -> tuple[AsyncStream[Any], Endpoint]:
         request = discovery_pb2.RegisterRequest()
         request.CopyFrom(self._request)
         request.id = self._view.instance_id
@@ -129,7 +130,7 @@ class AsyncServices:
     async def _start(
         self, name: str, tag: str | None, view: ServiceView, callback: ServiceCallback
     ) -> AsyncWatch:
-        def open_stream() -> tuple[AsyncStream[Any], int]:
+        def open_stream() -> tuple[AsyncStream[Any], Endpoint]:
             request = _convert.watch_service_request(name, tag)
             return self._transport.stream(lambda s: s.discovery.Watch, request)
 

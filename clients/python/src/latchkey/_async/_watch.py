@@ -11,6 +11,7 @@ from latchkey._async._transport import AsyncStream, AsyncTransport
 from latchkey._errors import LatchkeyError
 from latchkey._models import StreamStatus
 from latchkey._retry import Backoff, is_retryable
+from latchkey._settings import Endpoint
 
 log = logging.getLogger("latchkey")
 
@@ -30,7 +31,7 @@ class AsyncWatch:
         self,
         transport: AsyncTransport,
         name: str,
-        open_stream: Callable[[], tuple[AsyncStream[Any], int]],
+        open_stream: Callable[[], tuple[AsyncStream[Any], Endpoint]],
         on_message: AsyncHandler,
         on_status: Callable[[StreamStatus], None],
         backoff: Backoff | None = None,
@@ -70,9 +71,10 @@ class AsyncWatch:
         attempt = 0
         down = False
         while not self._stop.is_set():
-            index = -1
+            endpoint: Endpoint | None = None
             try:
-                stream, index = self._open()
+                await self._transport.ready()
+                stream, endpoint = self._open()
                 self._stream = stream
                 async for message in stream:
                     if self._stop.is_set():
@@ -96,8 +98,8 @@ class AsyncWatch:
                     self._ready.set()
                     return
                 log.warning("watch %s: %s; retrying", self._name, error.message)
-            if index >= 0:
-                self._transport.failover(index)
+            if endpoint is not None:
+                self._transport.failover(endpoint)
             if not down:
                 down = True
                 detail = error.message if error is not None else "the stream ended"

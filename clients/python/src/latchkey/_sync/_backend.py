@@ -5,9 +5,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 Handler = Callable[[Any], None]
+T = TypeVar("T")
 
 
 def sleep(seconds: float) -> None:
@@ -57,3 +58,8 @@ class BackgroundTask:
         """Wait for the thread to finish (the owner has already told it to stop)."""
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
+
+
+def run_blocking(fn: Callable[[], T], name: str) -> T:
+    """Run a blocking call (inline: the blocking client's callers are threads already)."""
+    return fn()

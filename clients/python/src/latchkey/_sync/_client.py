@@ -18,7 +18,8 @@ from latchkey._sync._transport import Transport
 class Client:
     """A client of one latchkey gateway, or several it fails over between.
 
-    Arguments win; what is not given comes from `LATCHKEY_ADDR` (comma-separated addresses),
+    Arguments win; what is not given comes from `LATCHKEY_ADDR` (comma-separated addresses, or
+    `consul://AGENT/SERVICE`: the replicas Consul lists as passing, kept current),
     `LATCHKEY_TOKEN`, `LATCHKEY_CACERT`, `LATCHKEY_CLIENT_CERT` and `LATCHKEY_CLIENT_KEY`.
     An address is `host:port`, `http://host:port` (plaintext) or `https://host:port` (TLS); a
     bare address uses TLS when a CA or client certificate is configured. `insecure=True` forces
@@ -65,7 +66,10 @@ class Client:
         """Service discovery."""
 
     def __repr__(self) -> str:
-        targets = ",".join(e.target for e in self.settings.endpoints)
+        replicas = self.settings.replicas
+        targets = (
+            replicas.describe() if replicas else ",".join(e.target for e in self.settings.endpoints)
+        )
         return f"<{type(self).__name__} addr={targets!r}>"
 
     @property

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from latchkey import _convert
 from latchkey._models import ConfigEntry, ConfigEvent, StreamStatus
+from latchkey._settings import Endpoint
 from latchkey._streams import ConfigView, ModelBinder
 from latchkey._sync._transport import Stream, Transport
 from latchkey._sync._watch import Watch
@@ -46,7 +47,7 @@ class Config:
     ) -> Watch:
         view = ConfigView()
 
-        def open_stream() -> tuple[Stream[Any], int]:
+        def open_stream() -> tuple[Stream[Any], Endpoint]:
             request = _convert.watch_config_request(prefix, view.resume_index, view.resume_epoch)
             return self._transport.stream(lambda s: s.config.Watch, request)
 

@@ -10,6 +10,7 @@ from typing import Any
 from latchkey import _convert
 from latchkey._errors import LatchkeyError
 from latchkey._models import DatabaseCredentials, LeaseInfo, RenewedLease, Secret, StreamStatus
+from latchkey._settings import Endpoint
 from latchkey._streams import CredentialView, Rotation, SecretView
 from latchkey._sync._transport import Stream, Transport
 from latchkey._sync._watch import Watch
@@ -67,7 +68,7 @@ class WatchedSecret:
         self._status_callbacks.append(callback)
         return callback
 
-    def _open(self) -> tuple[Stream[Any], int]:
+    def _open(self) -> tuple[Stream[Any], Endpoint]:
         request = _convert.watch_secret_request(self.path, self.mount)
         return self._transport.stream(lambda s: s.secrets.WatchSecret, request)
 
@@ -176,7 +177,7 @@ class RotatingCredentials:
         self._status_callbacks.append(callback)
         return callback
 
-    def _open(self) -> tuple[Stream[Any], int]:
+    def _open(self) -> tuple[Stream[Any], Endpoint]:
         request = _convert.watch_credentials_request(self.role, self._view.lease_id)
         return self._transport.stream(lambda s: s.secrets.WatchDatabaseCredentials, request)
 

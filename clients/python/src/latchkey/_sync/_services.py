@@ -9,6 +9,7 @@ from typing import Any
 from latchkey import _convert
 from latchkey._models import Instance, RegistrationHealth, ServiceEvent, StreamStatus
 from latchkey._pick import Picker, Strategy
+from latchkey._settings import Endpoint
 from latchkey._streams import RegistrationView, ServiceView
 from latchkey._sync._backend import Lock
 from latchkey._sync._transport import Stream, Transport
@@ -69,7 +70,7 @@ class Registration:
         self._status_callbacks.append(callback)
         return callback
 
-    def _open(self) -> tuple[Stream[Any], int]:
+    def _open(self) -> tuple[Stream[Any], Endpoint]:
         request = discovery_pb2.RegisterRequest()
         request.CopyFrom(self._request)
         request.id = self._view.instance_id
@@ -130,7 +131,7 @@ class Services:
     def _start(
         self, name: str, tag: str | None, view: ServiceView, callback: ServiceCallback
     ) -> Watch:
-        def open_stream() -> tuple[Stream[Any], int]:
+        def open_stream() -> tuple[Stream[Any], Endpoint]:
             request = _convert.watch_service_request(name, tag)
             return self._transport.stream(lambda s: s.discovery.Watch, request)
 

@@ -10,6 +10,7 @@ from typing import Any
 from latchkey._errors import LatchkeyError
 from latchkey._models import StreamStatus
 from latchkey._retry import Backoff, is_retryable
+from latchkey._settings import Endpoint
 from latchkey._sync._backend import BackgroundTask, Handler, Signal
 from latchkey._sync._transport import Stream, Transport
 
@@ -31,7 +32,7 @@ class Watch:
         self,
         transport: Transport,
         name: str,
-        open_stream: Callable[[], tuple[Stream[Any], int]],
+        open_stream: Callable[[], tuple[Stream[Any], Endpoint]],
         on_message: Handler,
         on_status: Callable[[StreamStatus], None],
         backoff: Backoff | None = None,
@@ -71,9 +72,10 @@ class Watch:
         attempt = 0
         down = False
         while not self._stop.is_set():
-            index = -1
+            endpoint: Endpoint | None = None
             try:
-                stream, index = self._open()
+                self._transport.ready()
+                stream, endpoint = self._open()
                 self._stream = stream
                 for message in stream:
                     if self._stop.is_set():
@@ -97,8 +99,8 @@ class Watch:
                     self._ready.set()
                     return
                 log.warning("watch %s: %s; retrying", self._name, error.message)
-            if index >= 0:
-                self._transport.failover(index)
+            if endpoint is not None:
+                self._transport.failover(endpoint)
             if not down:
                 down = True
                 detail = error.message if error is not None else "the stream ended"

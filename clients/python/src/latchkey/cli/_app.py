@@ -87,7 +87,7 @@ class LatchkeyGroup(click.Group):
     "--addr",
     envvar="LATCHKEY_ADDR",
     default=None,
-    help="Gateway address(es), comma-separated [LATCHKEY_ADDR].",
+    help="Gateway address(es), comma-separated, or consul://AGENT/latchkey [LATCHKEY_ADDR].",
 )
 @click.option("--token", default=None, help="Bearer token [LATCHKEY_TOKEN].")
 @click.option("--cacert", default=None, help="CA certificate (PEM) [LATCHKEY_CACERT].")

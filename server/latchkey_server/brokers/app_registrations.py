@@ -30,7 +30,8 @@ import logging
 from collections.abc import AsyncGenerator
 from datetime import datetime
 
-from latchkey_server.brokers.consul_watch import Backoff, ConsulWatch, WatchSettings
+from latchkey_server.backoff import Backoff
+from latchkey_server.brokers.consul_watch import ConsulWatch, WatchSettings
 from latchkey_server.brokers.fanout import Subscriber
 from latchkey_server.errors import (
     FailedPrecondition,
@@ -50,9 +51,9 @@ from latchkey_server.models import (
     ServiceRegistration,
     utcnow,
 )
-from latchkey_server.upstreams.agent_port import AgentServices
+from latchkey_server.upstreams.agent_port import AgentServices, InstanceChecks, ServiceDefinition
 
-__all__ = ["RegistrationBroker", "worst"]
+__all__ = ["RegistrationBroker", "definition", "worst"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,25 @@ def worst(checks: tuple[CheckStatus, ...]) -> HealthStatus:
         if _SEVERITY[check.status] > _SEVERITY[status]:
             status = check.status
     return status
+
+
+def definition(reg: ServiceRegistration) -> ServiceDefinition:
+    """The agent registration of an app's instance: its TTL check (if any) and the checks
+    Consul runs."""
+    ttl = next((c for c in reg.checks if c.kind is CheckKind.TTL), None)
+    return ServiceDefinition(
+        id=reg.instance_id,
+        name=reg.service,
+        port=reg.port,
+        address=reg.address,
+        tags=reg.tags,
+        meta=reg.meta,
+        check_id=ttl.check_id if ttl else "",
+        check_ttl=ttl.interval if ttl else 10.0,
+        deregister_after=ttl.deregister_after if ttl else 60.0,
+        ttl_check=ttl is not None,
+        checks=tuple(c for c in reg.checks if c.kind is not CheckKind.TTL),
+    )
 
 
 class _Held:
@@ -95,7 +115,7 @@ class _Held:
         self.ttl = next((c for c in registration.checks if c.kind is CheckKind.TTL), None)
 
     async def _fetch(self, index: int | None, wait: float | None) -> tuple[int, list[CheckStatus]]:
-        return await self.broker.agent.service_checks(
+        return await self.broker.checks.service_checks(
             self.reg.service, self.reg.instance_id, index, wait
         )
 
@@ -106,7 +126,7 @@ class _Held:
             self._tasks.append(loop.create_task(self._pass_ttl(self.ttl.check_id)))
 
     def freshness(self) -> Freshness:
-        reachable = self.reachable and self.broker.agent.reachable
+        reachable = self.reachable and self.broker.checks.reachable
         return Freshness(
             index=self.index,
             confirmed_at=self.confirmed_at,
@@ -139,7 +159,7 @@ class _Held:
         every = self.ttl.interval / 3.0
         while True:
             try:
-                known = await self.broker.agent.pass_ttl(check_id, "the latchkey stream is open")
+                known = await self.broker.agent.pass_check(check_id, "the latchkey stream is open")
             except LatchkeyError as exc:  # Consul down: the check watch reports it
                 log.debug("registration %s: TTL pass failed: %s", self.reg.instance_id, exc)
             else:
@@ -159,7 +179,7 @@ class _Held:
         backoff = Backoff(0.2, 5.0)
         while True:
             try:
-                await self.broker.agent.register_service(self.reg)
+                await self.broker.agent.register(definition(self.reg))
             except LatchkeyError as exc:
                 log.debug("registration %s: again failed: %s", self.reg.instance_id, exc)
                 await asyncio.sleep(backoff.next_delay())
@@ -182,11 +202,13 @@ class RegistrationBroker:
     def __init__(
         self,
         agent: AgentServices,
+        checks: InstanceChecks,
         *,
         heartbeat_interval: float = 10.0,
         watch_settings: WatchSettings | None = None,
     ) -> None:
         self.agent = agent
+        self.checks = checks
         self.heartbeat_interval = heartbeat_interval
         self.watch_settings = watch_settings or WatchSettings()
         self._held: dict[str, _Held] = {}
@@ -215,7 +237,7 @@ class RegistrationBroker:
                 f"instance {instance_id!r} is already registered by another open stream on "
                 "this gateway; choose another id (or none: the gateway makes one)"
             )
-        slots = self.agent.watch_slots
+        slots = self.checks.watch_slots
         if not slots.try_dedicated():
             raise ResourceExhausted(
                 "this gateway has no Consul connection left to follow one more registration "
@@ -225,7 +247,7 @@ class RegistrationBroker:
         held = _Held(self, registration, self.watch_settings)
         self._held[instance_id] = held
         try:
-            await self.agent.register_service(registration)
+            await self.agent.register(definition(registration))
             held.registrations = 1
             yield InstanceRegistered(
                 instance_id,
@@ -254,7 +276,7 @@ class RegistrationBroker:
             return  # never registered: an instance of that id, if any, is not ours
         held.deregistered = True
         try:
-            await self.agent.deregister_service(held.reg.instance_id)
+            await self.agent.deregister(held.reg.instance_id)
         except LatchkeyError as exc:
             log.warning(
                 "could not deregister %s (%s); Consul removes it once its checks have been "
