@@ -36,6 +36,12 @@ service "payments" {
   capabilities = ["discover"]
 }
 
+# Self-registration: billing's own instances register in Consul as "billing" while they run
+# (Discovery.Register, `latchkey services register billing ...`).
+service "billing" {
+  capabilities = ["register"]
+}
+
 # Its own identity and the upstreams' freshness (`latchkey status`, Gateway.Status).
 gateway "status" {
   capabilities = ["status"]

@@ -14,7 +14,7 @@ config "*" {
 }
 
 service "*" {
-  capabilities = ["discover"]
+  capabilities = ["discover", "register"]
 }
 
 gateway "*" {

@@ -22,6 +22,7 @@ from latchkey_server.access.policies import PolicyAuthorizer, PolicyStore
 from latchkey_server.access.ratelimit import RateLimiter
 from latchkey_server.access.streams import StreamGrants
 from latchkey_server.access.tokens import TokenFile
+from latchkey_server.brokers.app_registrations import RegistrationBroker
 from latchkey_server.brokers.config_hub import ConfigHub
 from latchkey_server.brokers.consul_watch import WatchSettings
 from latchkey_server.brokers.discovery_hub import DiscoveryHub
@@ -29,6 +30,7 @@ from latchkey_server.brokers.leases import LeaseBroker
 from latchkey_server.brokers.registration import Registration, RegistrationConfig
 from latchkey_server.brokers.replica import Replica, ReplicaConfig, default_replica_id
 from latchkey_server.brokers.secret_cache import SecretCache
+from latchkey_server.brokers.secret_watch import SecretWatchHub
 from latchkey_server.config import Settings
 from latchkey_server.errors import InvalidArgument
 from latchkey_server.models import utcnow
@@ -60,6 +62,8 @@ class Components:
     replica: Replica
     leases: LeaseBroker
     secrets: SecretCache
+    secret_watches: SecretWatchHub
+    registrations: RegistrationBroker
     config: ConfigHub
     discovery: DiscoveryHub
     grpc: GrpcServer
@@ -67,8 +71,16 @@ class Components:
     started_at: datetime = field(default_factory=utcnow)
 
     @property
-    def brokers(self) -> tuple[LeaseBroker, ConfigHub, DiscoveryHub]:
-        return (self.leases, self.config, self.discovery)
+    def brokers(
+        self,
+    ) -> tuple[LeaseBroker, ConfigHub, DiscoveryHub, SecretWatchHub, RegistrationBroker]:
+        return (
+            self.leases,
+            self.config,
+            self.discovery,
+            self.secret_watches,
+            self.registrations,
+        )
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -158,6 +170,7 @@ def grpc_config(settings: Settings) -> GrpcConfig:
         tls=tls_material(settings),
         kv_mount=settings.vault.kv_mount,
         flow=flow_limits(settings),
+        stream_ttl=3 * settings.heartbeat_interval,
         tls_files=tls_files(settings),
     )
 
@@ -233,6 +246,19 @@ def build(settings: Settings, *, authorizer: Authorizer | None = None) -> Compon
         stale_limit=settings.cache.stale_limit,
         telemetry=telemetry,
     )
+    secret_watches = SecretWatchHub(
+        vault,
+        secrets,
+        interval=settings.vault.kv_watch_interval,
+        heartbeat_interval=settings.heartbeat_interval,
+    )
+    agent = ConsulAgentServices(consul)
+    registrations = RegistrationBroker(
+        agent,
+        agent,
+        heartbeat_interval=settings.heartbeat_interval,
+        watch_settings=watch,
+    )
     config = ConfigHub(
         consul,
         heartbeat_interval=settings.heartbeat_interval,
@@ -260,6 +286,8 @@ def build(settings: Settings, *, authorizer: Authorizer | None = None) -> Compon
             config=config,
             discovery=discovery,
             upstreams=[vault, consul],
+            secret_watches=secret_watches,
+            registrations=registrations,
         ),
         authn,
         gate,
@@ -282,6 +310,8 @@ def build(settings: Settings, *, authorizer: Authorizer | None = None) -> Compon
                 "discovery_overflow": discovery.overflow_watches,
                 "config_read": config.read_watches,
                 "discovery_read": discovery.read_watches,
+                "secret": secret_watches.active_polls,
+                "registration": registrations.active,
             },
             audit_failures=lambda: audit.failures,
         )
@@ -297,6 +327,8 @@ def build(settings: Settings, *, authorizer: Authorizer | None = None) -> Compon
         replica=replica,
         leases=leases,
         secrets=secrets,
+        secret_watches=secret_watches,
+        registrations=registrations,
         config=config,
         discovery=discovery,
         grpc=grpc,

@@ -98,6 +98,9 @@ class VaultSettings(_Section):
     """Default KV v2 mount for GetSecret when the request names none."""
     database_mount: str = "database"
     """Mount of the database secrets engine."""
+    kv_watch_interval: float = Field(default=15.0, ge=0.1, le=3600)
+    """Seconds between two polls of a watched KV secret's version (Secrets.WatchSecret),
+    jittered by up to 10 %; one poll per distinct secret, whatever the number of watchers."""
     pool_size: int = Field(default=8, ge=1, le=64)
     """Threads running hvac (a synchronous library) off the event loop."""
     timeout: float = Field(default=10.0, gt=0)

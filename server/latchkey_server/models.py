@@ -60,6 +60,17 @@ class KvSecret:
     custom_metadata: Mapping[str, str]
 
 
+@dataclass(frozen=True, slots=True)
+class SecretVersion:
+    """A version of a watched KV v2 secret (the first one a stream gets, or a new one)."""
+
+    secret: KvSecret
+    freshness: Freshness
+
+
+SecretEvent = SecretVersion | Heartbeat
+
+
 # ---------------------------------------------------------------- database credentials
 
 
@@ -236,6 +247,76 @@ class InstanceSet:
 
 
 ServiceEvent = InstanceSet | Heartbeat
+
+
+# ---------------------------------------------------------------- self-registration
+
+
+class CheckKind(enum.Enum):
+    HTTP = "http"
+    TCP = "tcp"
+    GRPC = "grpc"
+    TTL = "ttl"
+
+
+@dataclass(frozen=True, slots=True)
+class CheckSpec:
+    """One check of a registered instance, durations in seconds (validated by the transport)."""
+
+    kind: CheckKind
+    target: str
+    """The URL (http), host:port (tcp, grpc); empty for the TTL check the gateway passes."""
+    interval: float
+    """How often Consul runs it; for the TTL check, its TTL."""
+    timeout: float
+    deregister_after: float
+    """DeregisterCriticalServiceAfter: Consul removes the instance once this check has been
+    critical this long (the backstop for a gateway lost without deregistering)."""
+    name: str
+    check_id: str = ""
+    """Set by the broker (`<instance id>:<n>`, or `<instance id>:stream` for the TTL check)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRegistration:
+    """An instance to register with the agent for as long as its stream is open."""
+
+    service: str
+    instance_id: str
+    address: str
+    port: int
+    tags: tuple[str, ...]
+    meta: Mapping[str, str]
+    checks: tuple[CheckSpec, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckStatus:
+    """A check of a registered instance as Consul reports it."""
+
+    check_id: str
+    name: str
+    status: HealthStatus
+    output: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRegistered:
+    instance_id: str
+    address: str
+    port: int
+    check_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceHealth:
+    status: HealthStatus
+    """The worst status among the checks (PASSING with none)."""
+    checks: tuple[CheckStatus, ...]
+    freshness: Freshness
+
+
+RegistrationEvent = InstanceRegistered | InstanceHealth | Heartbeat
 
 
 # ---------------------------------------------------------------- identity

@@ -251,6 +251,8 @@ class Gateway:
             )
             await c.config.close(drain)
             await c.discovery.close(drain)
+            await c.secret_watches.close(drain)
+            await c.registrations.close(drain)
             await c.leases.drain(drain)
             await c.grpc.stop(self.settings.shutdown_grace)
             await c.leases.close()

@@ -16,6 +16,7 @@ from latchkey.cli._app import cli
 from tests.cli.helpers import clean_env, run_cli
 from tests.fixtures.gateway import GatewayHandle
 from tests.gateway.helpers import eventually
+from tests.gateway.test_secret_watch_e2e import bao_kv_put
 from tests.sdk.conftest import Upstreams
 
 LATCHKEY = Path(sys.executable).parent / "latchkey"
@@ -148,3 +149,50 @@ def test_exec_help_documents_names_without_private_modules() -> None:
     assert "latchkey.cli._" not in result.output
     assert "DEMO_READONLY_USERNAME" in result.output
     assert "127 when the command is not" in result.output
+
+
+SECRET_CHILD = r"""
+import os, signal, sys
+with open(sys.argv[1], "a") as f:
+    f.write("start:" + os.environ["API_KEY"] + "\n")
+signal.signal(signal.SIGTERM, lambda s, f: sys.exit(7))
+while True:
+    signal.pause()
+"""
+
+
+async def test_exec_restarts_on_a_new_secret_version(
+    gateway: GatewayHandle, unique: str, tmp_path: Path
+) -> None:
+    path = f"exec/{unique}"
+    vault = (gateway.vault_addr, gateway.vault_root_token)
+    await asyncio.to_thread(bao_kv_put, *vault, path, key="first")
+    out = tmp_path / "out.txt"
+    script = tmp_path / "child.py"
+    script.write_text(SECRET_CHILD)
+    proc = await asyncio.create_subprocess_exec(
+        str(LATCHKEY), "--addr", gateway.addr, "--token", gateway.tokens["app"],
+        "exec", "--secret", f"{path}=API", "--on-change", "restart",
+        "--", sys.executable, str(script), str(out),
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+    def lines() -> list[str]:
+        return out.read_text().splitlines() if out.exists() else []
+
+    try:
+        await eventually(lambda: lines() == ["start:first"], what="the child to start")
+        await asyncio.to_thread(bao_kv_put, *vault, path, key="second")
+        await eventually(
+            lambda: lines() == ["start:first", "start:second"],
+            what="the child to restart with the new version",
+        )
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 20)
+        assert proc.stderr is not None
+        said = (await proc.stderr.read()).decode()
+    assert code == 7
+    assert f"secret {path} (version 2) changed" in said
+    assert "second" not in said.replace("(version 2)", "")

@@ -150,6 +150,13 @@ class FakeVault:
         number = version or len(versions)
         return KvSecret(dict(versions[number - 1]), number, None, {})
 
+    async def kv_current_version(self, mount: str, path: str) -> int:
+        self._check("kv_metadata")
+        versions = self.kv.get((mount, path))
+        if not versions:
+            raise NotFound(f"secret {mount}/{path} not found")
+        return len(versions)
+
     async def issue_credentials(self, mount: str, role: str) -> IssuedLease:
         self.issue_calls += 1
         await asyncio.sleep(0)

@@ -66,6 +66,7 @@ def gateway_process(
                     "role_id": demo_env["approle"].role_id,
                     "secret_id": demo_env["approle"].secret_id,
                 },
+                "kv_watch_interval": 0.5,
             },
             "consul": {"addr": (consul or consul_agent).http_addr, "wait": 20},
             "leases": {"grace": 3.0, "unheld_grace": 0.5},

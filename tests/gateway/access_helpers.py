@@ -21,6 +21,7 @@ database "demo-*"                   { capabilities = ["read", "watch", "renew", 
 config   "billing/"                 { capabilities = ["read", "watch"] }
 config   "billing/private"          { capabilities = ["deny"] }
 service  "web"                      { capabilities = ["discover"] }
+service  "billing"                  { capabilities = ["register"] }
 """
 OPERATOR_POLICY = """
 database "*" { capabilities = ["list_leases", "renew", "revoke", "revoke_any"] }

@@ -57,7 +57,11 @@ async def tls_gateway(
 
 async def _code(call: Any) -> grpc.StatusCode:
     try:
-        await call
+        if isinstance(call, grpc.aio.UnaryStreamCall):  # a stream: its first message
+            await call.read()
+            call.cancel()
+        else:
+            await call
     except grpc.aio.AioRpcError as err:
         return err.code()
     return OK
@@ -83,12 +87,27 @@ def _requests() -> dict[str, Any]:
             config_pb2.GetConfigRequest(key="other/a")),
         "service web": lambda ch: discovery_pb2_grpc.DiscoveryStub(ch).GetHealthyInstances(
             discovery_pb2.GetHealthyInstancesRequest(service="web")),
+        "watch secret billing/app": lambda ch: secrets_pb2_grpc.SecretsStub(ch).WatchSecret(
+            secrets_pb2.WatchSecretRequest(path="billing/app")),
+        "watch secret other/app": lambda ch: secrets_pb2_grpc.SecretsStub(ch).WatchSecret(
+            secrets_pb2.WatchSecretRequest(path="other/app")),
+        "register billing": lambda ch: discovery_pb2_grpc.DiscoveryStub(ch).Register(
+            discovery_pb2.RegisterRequest(service="billing", port=8080, ttl_check=True)),
+        "register web": lambda ch: discovery_pb2_grpc.DiscoveryStub(ch).Register(
+            discovery_pb2.RegisterRequest(service="web", port=8080, ttl_check=True)),
     }  # fmt: skip
 
 
 # identity → the requests it may make (everything else must be PERMISSION_DENIED).
 ALLOWED = {
-    BILLING: {"secret billing/app", "database creds", "config billing/a", "service web"},
+    BILLING: {
+        "secret billing/app",
+        "database creds",
+        "config billing/a",
+        "service web",
+        "watch secret billing/app",
+        "register billing",
+    },
     "operator": {"list leases"},
     "stranger": set(),  # a valid certificate bound to no policy
 }
@@ -216,13 +235,30 @@ async def test_audit_log_has_every_request_and_no_secret(tls_gateway: TlsGateway
         )
         issued = (await stream.read()).issued.credential
         stream.cancel()
+        watch = stub.WatchSecret(secrets_pb2.WatchSecretRequest(path="billing/app"))
+        assert (await watch.read()).version.data["password"] == secret.data["password"]
+        watch.cancel()
+        register = discovery_pb2_grpc.DiscoveryStub(channel).Register(
+            discovery_pb2.RegisterRequest(service="billing", port=8080, ttl_check=True)
+        )
+        assert (await register.read()).registered.instance_id.startswith("billing-")
+        register.cancel()
         await _code(stub.GetSecret(secrets_pb2.GetSecretRequest(path="billing/root")))
 
     # Records of calls that return no secret (the denial) are written just after the reply.
     def denial_written() -> bool:
         return '"decision":"deny"' in tls_gateway.audit_file.read_text()
 
+    def streams_ended() -> bool:
+        ended = {
+            r["rpc"].rsplit("/", 1)[-1]
+            for r in map(json.loads, tls_gateway.audit_file.read_text().splitlines())
+            if r["event"] == "stream_end"
+        }
+        return {"WatchSecret", "Register"} <= ended
+
     await eventually(denial_written, what="the denied call's audit line")
+    await eventually(streams_ended, what="the ends of the WatchSecret and Register streams")
     text = tls_gateway.audit_file.read_text()
     lines = [json.loads(line) for line in text.splitlines()]
     for value in (secret.data["password"], cred.password, issued.password):
@@ -233,6 +269,12 @@ async def test_audit_log_has_every_request_and_no_secret(tls_gateway: TlsGateway
     assert ("GetSecret", "deny", "PERMISSION_DENIED") in rpcs
     assert ("GetDatabaseCredentials", "allow", "OK") in rpcs
     assert ("WatchDatabaseCredentials", "allow", "OK") in rpcs
+    for rpc in ("WatchSecret", "Register"):
+        events = {r["event"] for r in mine if r["rpc"].endswith("/" + rpc)}
+        assert {"stream_open", "stream_end"} <= events, rpc
+    watched = [r["returned"] for r in mine if r["rpc"].endswith("/WatchSecret") and r["returned"]]
+    assert watched, "the version a watch hands out is audited"
+    assert watched[0]["data.password"].startswith("hmac-sha256:")
     hashed = [r["returned"] for r in mine if r["returned"]]
     assert any(v.get("password", "").startswith("hmac-sha256:") for v in hashed)
     assert all(r["auth_method"] == "mtls" for r in mine)

@@ -22,7 +22,7 @@ Resources are the exact strings the servicers pass to `Authorizer.authorize`:
     database  "<role>"                read, watch, renew, revoke, revoke_any, list_leases
               "*"                     list_leases over every role
     config    "<key>" or "<prefix>"   read (Get of a key, List of a prefix), watch (a prefix)
-    service   "<service>"             discover
+    service   "<service>"             discover, register
     gateway   "<name>"                status
 
 Patterns (matching is case-sensitive, on whole strings; segments are separated by `/`):
@@ -85,7 +85,7 @@ CAPABILITIES: Mapping[ResourceKind, frozenset[str]] = {
         {"read", "watch", "renew", "revoke", "revoke_any", "list_leases", DENY}
     ),
     ResourceKind.CONFIG: frozenset({"read", "watch", DENY}),
-    ResourceKind.SERVICE: frozenset({"discover", DENY}),
+    ResourceKind.SERVICE: frozenset({"discover", "register", DENY}),
     ResourceKind.GATEWAY: frozenset({"status", DENY}),
 }
 """The capabilities each resource kind accepts in a policy (and in a request, except deny)."""

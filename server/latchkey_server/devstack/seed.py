@@ -34,6 +34,7 @@ path "sys/leases/renew"         { capabilities = ["update"] }
 path "sys/leases/revoke"        { capabilities = ["update"] }
 path "sys/leases/lookup"        { capabilities = ["update"] }
 path "secret/data/*"            { capabilities = ["read"] }
+path "secret/metadata/*"        { capabilities = ["read"] }
 """
 
 DEMO_READERS = "demo_readers"

@@ -73,7 +73,7 @@ class GatewayCollector(Collector):
             "latchkey_active_streams", "Open client streams, by kind.", labels=["kind"]
         )
         counts = self._streams()
-        for kind in ("database", "config", "service"):
+        for kind in ("database", "config", "service", "secret"):
             streams.add_metric([kind], counts.get(kind, 0))
         yield streams
 

@@ -132,6 +132,12 @@ def secret_reply(encoded: EncodedSecret, fresh: models.Freshness) -> bytes:
     return encoded.body + tail.SerializeToString()
 
 
+def secret_event(event: models.SecretEvent) -> secrets_pb2.SecretEvent:
+    if isinstance(event, models.Heartbeat):
+        return secrets_pb2.SecretEvent(heartbeat=heartbeat(event.freshness))
+    return secrets_pb2.SecretEvent(version=kv_secret(event.secret, event.freshness))
+
+
 def _convert_credential(value: models.Credential) -> secrets_pb2.DatabaseCredential:
     return secrets_pb2.DatabaseCredential(
         username=value.username,
@@ -309,3 +315,32 @@ def service_event(event: models.ServiceEvent) -> discovery_pb2.ServiceEvent:
     if isinstance(event, models.Heartbeat):
         return discovery_pb2.ServiceEvent(heartbeat=heartbeat(event.freshness))
     return discovery_pb2.ServiceEvent(instances=instance_set(event))
+
+
+# ---------------------------------------------------------------- self-registration
+
+
+def registration_event(event: models.RegistrationEvent) -> discovery_pb2.RegisterEvent:
+    if isinstance(event, models.Heartbeat):
+        return discovery_pb2.RegisterEvent(heartbeat=heartbeat(event.freshness))
+    if isinstance(event, models.InstanceRegistered):
+        return discovery_pb2.RegisterEvent(
+            registered=discovery_pb2.InstanceRegistered(
+                instance_id=event.instance_id,
+                address=event.address,
+                port=event.port,
+                check_ids=list(event.check_ids),
+            )
+        )
+    return discovery_pb2.RegisterEvent(
+        health=discovery_pb2.InstanceHealth(
+            status=_HEALTH[event.status],
+            checks=[
+                discovery_pb2.CheckState(
+                    check_id=c.check_id, name=c.name, status=_HEALTH[c.status], output=c.output
+                )
+                for c in event.checks
+            ],
+            freshness=freshness(event.freshness),
+        )
+    )

@@ -13,7 +13,9 @@ from latchkey_server import models
 from latchkey_server.access.authz import ResourceKind
 from latchkey_server.access.context import current_identity
 from latchkey_server.access.gate import AccessGate
+from latchkey_server.errors import FailedPrecondition
 from latchkey_server.transport import convert, validate
+from latchkey_server.transport.registration import registration
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -21,6 +23,12 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class DiscoverySource(Protocol):
     async def healthy(self, query: models.ServiceQuery) -> models.InstanceSet: ...
     def watch(self, query: models.ServiceQuery) -> AsyncGenerator[models.ServiceEvent, None]: ...
+
+
+class RegistrationSource(Protocol):
+    def hold(
+        self, registration: models.ServiceRegistration
+    ) -> AsyncGenerator[models.RegistrationEvent, None]: ...
 
 
 def _query(
@@ -35,9 +43,18 @@ def _query(
 
 
 class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServicer):
-    def __init__(self, hub: DiscoverySource, gate: AccessGate) -> None:
+    def __init__(
+        self,
+        hub: DiscoverySource,
+        gate: AccessGate,
+        registrations: RegistrationSource | None = None,
+        *,
+        stream_ttl: float = 30.0,
+    ) -> None:
         self._hub = hub
         self._gate = gate
+        self._registrations = registrations
+        self._stream_ttl = stream_ttl
 
     async def GetHealthyInstances(
         self, request: discovery_pb2.GetHealthyInstancesRequest, context: Context
@@ -62,5 +79,21 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServicer):
                 async for event in events:
                     grant.check()
                     yield convert.service_event(event)
+        finally:
+            grant.close()
+
+    async def Register(
+        self, request: discovery_pb2.RegisterRequest, context: Context
+    ) -> AsyncIterator[discovery_pb2.RegisterEvent]:
+        wanted = registration(request, context.peer() or "", stream_ttl=self._stream_ttl)
+        identity = current_identity()
+        grant = self._gate.open_stream(identity, ResourceKind.SERVICE, wanted.service, "register")
+        try:
+            if self._registrations is None:
+                raise FailedPrecondition("this gateway does not register services")
+            async with aclosing(self._registrations.hold(wanted)) as events:
+                async for event in events:
+                    grant.check()
+                    yield convert.registration_event(event)
         finally:
             grant.close()

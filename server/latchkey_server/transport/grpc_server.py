@@ -30,12 +30,21 @@ from latchkey_server.errors import InvalidArgument
 from latchkey_server.observability.telemetry import Telemetry
 from latchkey_server.observability.tracing import Tracing
 from latchkey_server.transport.config import ConfigServicer, ConfigSource
-from latchkey_server.transport.discovery import DiscoveryServicer, DiscoverySource
+from latchkey_server.transport.discovery import (
+    DiscoveryServicer,
+    DiscoverySource,
+    RegistrationSource,
+)
 from latchkey_server.transport.flagsync import FlagSyncServicer
 from latchkey_server.transport.flow import FlowLimits
 from latchkey_server.transport.gateway import GatewayServicer, UpstreamHealth
 from latchkey_server.transport.interceptor import GatewayInterceptor
-from latchkey_server.transport.secrets import LeaseSource, SecretSource, SecretsServicer
+from latchkey_server.transport.secrets import (
+    LeaseSource,
+    SecretSource,
+    SecretsServicer,
+    SecretWatchSource,
+)
 from latchkey_server.transport.tls import ServerTls, TlsFiles
 
 SECRETS_SERVICE = secrets_pb2.DESCRIPTOR.services_by_name["Secrets"].full_name
@@ -85,6 +94,8 @@ class GrpcConfig:
     """Default KV v2 mount for GetSecret when the request names none."""
     flow: FlowLimits = dataclasses.field(default_factory=FlowLimits)
     """Bounds on what streams may keep queued (transport/flow.py)."""
+    stream_ttl: float = 30.0
+    """TTL of the check a Discovery.Register stream keeps passing."""
     tls_files: TlsFiles | None = None
     """Where `tls` was read from: re-read on `reload_tls()` (certificate rotation)."""
 
@@ -98,6 +109,8 @@ class Sources:
     config: ConfigSource
     discovery: DiscoverySource
     upstreams: Sequence[UpstreamHealth]
+    secret_watches: SecretWatchSource | None = None
+    registrations: RegistrationSource | None = None
 
 
 class GrpcServer:
@@ -129,14 +142,24 @@ class GrpcServer:
         """The dynamic TLS credentials once bound (None: plaintext)."""
         server = grpc.aio.server(interceptors=[interceptor], options=GRPC_OPTIONS)
         secrets_pb2_grpc.add_SecretsServicer_to_server(
-            SecretsServicer(sources.secrets, sources.leases, gate, kv_mount=kv_mount), server
+            SecretsServicer(
+                sources.secrets,
+                sources.leases,
+                gate,
+                kv_mount=kv_mount,
+                watches=sources.secret_watches,
+            ),
+            server,
         )
         config_pb2_grpc.add_ConfigServicer_to_server(ConfigServicer(sources.config, gate), server)
         sync_pb2_grpc.add_FlagSyncServiceServicer_to_server(
             FlagSyncServicer(sources.config, gate), server
         )
         discovery_pb2_grpc.add_DiscoveryServicer_to_server(
-            DiscoveryServicer(sources.discovery, gate), server
+            DiscoveryServicer(
+                sources.discovery, gate, sources.registrations, stream_ttl=config.stream_ttl
+            ),
+            server,
         )
         gateway_pb2_grpc.add_GatewayServicer_to_server(
             GatewayServicer(sources.upstreams, started_at, gate), server

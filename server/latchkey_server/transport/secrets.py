@@ -20,6 +20,7 @@ from latchkey_server.access.authz import ResourceKind
 from latchkey_server.access.context import current_identity
 from latchkey_server.access.gate import AccessGate
 from latchkey_server.access.request import note_returned, note_returned_all
+from latchkey_server.errors import FailedPrecondition
 from latchkey_server.transport import convert, validate
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -29,6 +30,10 @@ class SecretSource(Protocol):
     async def get(
         self, mount: str, path: str, version: int = 0
     ) -> tuple[models.KvSecret, models.Freshness]: ...
+
+
+class SecretWatchSource(Protocol):
+    def watch(self, mount: str, path: str) -> AsyncGenerator[models.SecretEvent, None]: ...
 
 
 class LeaseSource(Protocol):
@@ -58,8 +63,10 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServicer):
         gate: AccessGate,
         *,
         kv_mount: str = "secret",
+        watches: SecretWatchSource | None = None,
     ) -> None:
         self._secrets = secrets
+        self._watches = watches
         self._leases = leases
         self._gate = gate
         self._kv_mount = kv_mount
@@ -75,6 +82,27 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServicer):
         encoded = convert.encoded_secret(secret)
         note_returned_all(encoded.returned)
         return convert.secret_reply(encoded, fresh)
+
+    async def WatchSecret(
+        self, request: secrets_pb2.WatchSecretRequest, context: Context
+    ) -> AsyncIterator[secrets_pb2.SecretEvent]:
+        mount = validate.mount(request.mount, self._kv_mount)
+        path = validate.secret_path(request.path)
+        identity = current_identity()
+        resource = f"{mount}/data/{path}"
+        grant = self._gate.open_stream(identity, ResourceKind.SECRET, resource, "read")
+        if self._watches is None:
+            grant.close()
+            raise FailedPrecondition("this gateway does not serve secret watches")
+        try:
+            async with aclosing(self._watches.watch(mount, path)) as events:
+                async for event in events:
+                    grant.check()
+                    if isinstance(event, models.SecretVersion):
+                        note_returned_all(convert.encoded_secret(event.secret).returned)
+                    yield convert.secret_event(event)
+        finally:
+            grant.close()
 
     async def GetDatabaseCredentials(  # type: ignore[override]  # a serialized response
         self, request: secrets_pb2.GetDatabaseCredentialsRequest, context: Context

@@ -121,3 +121,34 @@ def increment_seconds(seconds: float | None) -> float | None:
     if seconds < 0 or seconds > MAX_INCREMENT:
         raise InvalidArgument("increment must be between 0 and 366 days")
     return seconds
+
+
+_GO_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$")
+_GO_UNIT = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def go_duration(field: str, value: str, *, default: float, low: float, high: float) -> float:
+    """A Consul (Go) duration such as "10s", "1m30s" or "500ms", in seconds, within
+    [low, high]; empty gives `default`."""
+    if not value:
+        return default
+    if len(value) > 32 or not _GO_DURATION.match(value):
+        raise InvalidArgument(
+            f"{field} {value[:32]!r} is not a duration: write it as Consul does, e.g. "
+            '"10s", "1m30s" or "500ms"'
+        )
+    seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _GO_UNIT.findall(value))
+    if not low <= seconds <= high:
+        raise InvalidArgument(
+            f"{field} is {value}; it must be between {_human(low)} and {_human(high)}"
+        )
+    return seconds
+
+
+def _human(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g}m"
+    return f"{seconds:g}s"

@@ -198,6 +198,7 @@ def vault_messages(exc: BaseException) -> str:
 
 # Metric label for each kind of Vault call (a fixed vocabulary; never a path or role).
 _OPERATIONS = (
+    ("read secret metadata", "kv_metadata"),
     ("read secret", "kv_read"),
     ("issue credentials", "creds"),
     ("renew lease", "lease_renew"),

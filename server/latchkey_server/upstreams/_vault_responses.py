@@ -42,3 +42,12 @@ def kv_secret(resp: Any, where: str) -> KvSecret:
         created_time=parse_time(meta.get("created_time")),
         custom_metadata={str(k): str(v) for k, v in (meta.get("custom_metadata") or {}).items()},
     )
+
+
+def kv_current_version(resp: Any, where: str) -> int:
+    """`current_version` in a KV v2 metadata response; NotFound when the secret has none."""
+    body = resp.get("data") if isinstance(resp, dict) else None
+    version = int((body or {}).get("current_version") or 0)
+    if version <= 0:
+        raise NotFound(f"secret {where} not found")
+    return version

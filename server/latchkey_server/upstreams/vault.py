@@ -63,7 +63,11 @@ from latchkey_server.upstreams._vault_errors import (
     operation,
     vault_messages,
 )
-from latchkey_server.upstreams._vault_responses import kv_secret, response_warnings
+from latchkey_server.upstreams._vault_responses import (
+    kv_current_version,
+    kv_secret,
+    response_warnings,
+)
 from latchkey_server.upstreams._vault_tokens import TokenKeeper, TokenRecord
 from latchkey_server.upstreams.vault_port import (
     VAULT_SYSTEM_MAX_TTL,
@@ -390,6 +394,15 @@ class VaultAdapter(TokenKeeper):
             messages={Cause.MISSING: f"secret {where} not found"},
         )  # fmt: skip
         return kv_secret(resp, where)
+
+    async def kv_current_version(self, mount: str, path: str) -> int:
+        where = f"{mount}/{path}"
+        resp, _ = await self._with_token(
+            lambda c: c.secrets.kv.v2.read_secret_metadata(path=path, mount_point=mount),
+            action=f"read secret metadata {where}", idempotent=True,
+            messages={Cause.MISSING: f"secret {where} not found"},
+        )  # fmt: skip
+        return kv_current_version(resp, where)
 
     async def issue_credentials(self, mount: str, role: str) -> IssuedLease:
         resp, tok = await self._with_token(

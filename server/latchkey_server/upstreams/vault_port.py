@@ -79,6 +79,11 @@ class VaultUpstream(Protocol):
         """Read a KV v2 secret (version 0: latest). NotFound when missing, deleted or destroyed."""
         ...
 
+    async def kv_current_version(self, mount: str, path: str) -> int:
+        """The current version of a KV v2 secret, from its metadata (no data is read).
+        NotFound when the secret does not exist."""
+        ...
+
     async def issue_credentials(self, mount: str, role: str) -> IssuedLease:
         """Issue a new database credential (not retried: every call creates a user)."""
         ...

@@ -7,7 +7,8 @@ with latchkey.Client() as client:          # LATCHKEY_ADDR, LATCHKEY_TOKEN, ...
 """
 
 from latchkey._async._client import AsyncClient
-from latchkey._async._secrets import AsyncRotatingCredentials
+from latchkey._async._secrets import AsyncRotatingCredentials, AsyncWatchedSecret
+from latchkey._async._services import AsyncRegistration
 from latchkey._async._watch import AsyncWatch
 from latchkey._errors import (
     Cancelled,
@@ -30,6 +31,7 @@ from latchkey._errors import (
     Unavailable,
 )
 from latchkey._models import (
+    CheckState,
     ConfigChange,
     ConfigEntry,
     ConfigEvent,
@@ -38,6 +40,7 @@ from latchkey._models import (
     GatewayStatus,
     Instance,
     LeaseInfo,
+    RegistrationHealth,
     RenewedLease,
     Secret,
     ServiceEvent,
@@ -45,16 +48,20 @@ from latchkey._models import (
     UpstreamStatus,
 )
 from latchkey._sync._client import Client
-from latchkey._sync._secrets import RotatingCredentials
+from latchkey._sync._secrets import RotatingCredentials, WatchedSecret
+from latchkey._sync._services import Registration
 from latchkey._sync._watch import Watch
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AsyncClient",
+    "AsyncRegistration",
     "AsyncRotatingCredentials",
     "AsyncWatch",
+    "AsyncWatchedSecret",
     "Cancelled",
+    "CheckState",
     "Client",
     "ConfigChange",
     "ConfigEntry",
@@ -75,6 +82,8 @@ __all__ = [
     "NoHealthyInstances",
     "NotFound",
     "PermissionDenied",
+    "Registration",
+    "RegistrationHealth",
     "RenewedLease",
     "ResourceExhausted",
     "RotatingCredentials",
@@ -88,4 +97,5 @@ __all__ = [
     "Unavailable",
     "UpstreamStatus",
     "Watch",
+    "WatchedSecret",
 ]

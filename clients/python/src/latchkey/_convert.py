@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -55,6 +56,10 @@ def freshness(msg: Message, name: str = "freshness") -> m.Freshness:
 
 def secret_request(path: str, mount: str, version: int | None) -> secrets_pb2.GetSecretRequest:
     return secrets_pb2.GetSecretRequest(mount=mount, path=path, version=version or 0)
+
+
+def watch_secret_request(path: str, mount: str) -> secrets_pb2.WatchSecretRequest:
+    return secrets_pb2.WatchSecretRequest(mount=mount, path=path)
 
 
 def secret(resp: secrets_pb2.GetSecretResponse) -> m.Secret:
@@ -190,6 +195,64 @@ def watch_config_request(
 
 def watch_service_request(service: str, tag: str | None) -> discovery_pb2.WatchServiceRequest:
     return discovery_pb2.WatchServiceRequest(service=service, tag=tag or "")
+
+
+def register_request(
+    service: str,
+    *,
+    instance_id: str,
+    port: int,
+    address: str | None,
+    tags: Sequence[str],
+    meta: Mapping[str, str],
+    checks: Sequence[discovery_pb2.ServiceCheck],
+    ttl: bool,
+) -> discovery_pb2.RegisterRequest:
+    return discovery_pb2.RegisterRequest(
+        service=service, id=instance_id, address=address or "", port=port, tags=list(tags),
+        meta=dict(meta), checks=list(checks), ttl_check=ttl,
+    )  # fmt: skip
+
+
+def service_checks(
+    *,
+    http: str | None,
+    tcp: str | None,
+    grpc: str | None,
+    interval: str | None,
+    timeout: str | None,
+    deregister_after: str | None,
+) -> list[discovery_pb2.ServiceCheck]:
+    """The checks a `services.register` call names (one per target given)."""
+    timing = {
+        "interval": interval or "",
+        "timeout": timeout or "",
+        "deregister_critical_after": deregister_after or "",
+    }
+    out = []
+    for kind, target in (("http", http), ("tcp", tcp), ("grpc", grpc)):
+        if target:
+            out.append(discovery_pb2.ServiceCheck(**{kind: target}, **timing))
+    return out
+
+
+def registration_health(
+    instance_id: str, msg: discovery_pb2.InstanceHealth
+) -> m.RegistrationHealth:
+    return m.RegistrationHealth(
+        instance_id=instance_id,
+        status=_HEALTH.get(msg.status, "unknown"),
+        checks=[
+            m.CheckState(
+                check_id=c.check_id,
+                name=c.name,
+                status=_HEALTH.get(c.status, "unknown"),
+                output=c.output,
+            )
+            for c in msg.checks
+        ],
+        freshness=freshness(msg),
+    )
 
 
 def healthy_request(service: str, tag: str | None) -> discovery_pb2.GetHealthyInstancesRequest:

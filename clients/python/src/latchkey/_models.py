@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 __all__ = [
+    "CheckState",
     "ConfigChange",
     "ConfigEntry",
     "ConfigEvent",
@@ -16,6 +17,7 @@ __all__ = [
     "GatewayStatus",
     "Instance",
     "LeaseInfo",
+    "RegistrationHealth",
     "RenewedLease",
     "Secret",
     "ServiceEvent",
@@ -165,6 +167,29 @@ class ServiceEvent(_Model):
     service: str
     instances: list[Instance]
     index: int = 0
+    freshness: Freshness = Field(default_factory=Freshness)
+
+
+HealthState = Literal["passing", "warning", "critical", "unknown"]
+
+
+class CheckState(_Model):
+    """One check of a registered instance, as Consul reports it."""
+
+    check_id: str
+    name: str = ""
+    status: HealthState = "unknown"
+    output: str = ""
+    """The check's last output (for HTTP checks, the response line and body)."""
+
+
+class RegistrationHealth(_Model):
+    """Delivered by a registration: the instance's checks whenever a status changes."""
+
+    instance_id: str
+    status: HealthState
+    """The worst status among the checks."""
+    checks: list[CheckState] = Field(default_factory=list)
     freshness: Freshness = Field(default_factory=Freshness)
 
 

@@ -22,6 +22,8 @@ from latchkey._models import (
     ConfigEvent,
     DatabaseCredentials,
     Freshness,
+    RegistrationHealth,
+    Secret,
     ServiceEvent,
     StreamStatus,
 )
@@ -142,6 +144,59 @@ class ServiceView:
                 freshness=fresh,
             )
             out.append(self.current)
+        else:
+            fresh = _convert.freshness(msg.heartbeat)
+        status = self.freshness.update(fresh)
+        if status is not None:
+            out.append(status)
+        return out
+
+
+class SecretView:
+    """The current version of a watched secret."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.current: Secret | None = None
+        self.freshness = FreshnessTracker()
+
+    def apply(self, msg: secrets_pb2.SecretEvent) -> list[Secret | StreamStatus]:
+        """A new version (the first one, or one that differs from the current), and freshness
+        changes. A version seen again after a reconnect is not reported twice."""
+        out: list[Secret | StreamStatus] = []
+        if msg.WhichOneof("event") == "version":
+            new = _convert.secret(msg.version)
+            if self.current is None or new.version != self.current.version:
+                out.append(new)
+            self.current = new
+            fresh = new.freshness
+        else:
+            fresh = _convert.freshness(msg.heartbeat)
+        status = self.freshness.update(fresh)
+        if status is not None:
+            out.append(status)
+        return out
+
+
+class RegistrationView:
+    """A registration's instance id (kept across reconnects, so the gateway registers the same
+    instance again) and its latest health."""
+
+    def __init__(self, instance_id: str = "") -> None:
+        self.instance_id = instance_id
+        self.health: RegistrationHealth | None = None
+        self.freshness = FreshnessTracker()
+
+    def apply(self, msg: discovery_pb2.RegisterEvent) -> list[RegistrationHealth | StreamStatus]:
+        kind = msg.WhichOneof("event")
+        out: list[RegistrationHealth | StreamStatus] = []
+        if kind == "registered":
+            self.instance_id = msg.registered.instance_id
+            return out
+        if kind == "health":
+            self.health = _convert.registration_health(self.instance_id, msg.health)
+            out.append(self.health)
+            fresh = self.health.freshness
         else:
             fresh = _convert.freshness(msg.heartbeat)
         status = self.freshness.update(fresh)

@@ -87,6 +87,7 @@ class AsyncClient:
         """Close every watch and channel."""
         await self.config.aclose()
         await self.services.aclose()
+        await self.secrets.aclose()
         await self._transport.aclose()
 
     async def __aenter__(self) -> AsyncClient:

@@ -86,6 +86,7 @@ class Client:
         """Close every watch and channel."""
         self.config.close()
         self.services.close()
+        self.secrets.close()
         self._transport.close()
 
     def __enter__(self) -> Client:

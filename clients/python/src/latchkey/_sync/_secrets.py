@@ -11,7 +11,7 @@ from latchkey import _convert
 from latchkey._errors import LatchkeyError
 from latchkey._models import DatabaseCredentials, LeaseInfo, RenewedLease, Secret, StreamStatus
 from latchkey._settings import Endpoint
-from latchkey._streams import CredentialView, Rotation
+from latchkey._streams import CredentialView, Rotation, SecretView
 from latchkey._sync._transport import Stream, Transport
 from latchkey._sync._watch import Watch
 from latchkey.v1 import secrets_pb2
@@ -19,20 +19,120 @@ from latchkey.v1 import secrets_pb2
 log = logging.getLogger("latchkey")
 
 RotateCallback = Callable[[DatabaseCredentials], None]
+ChangeCallback = Callable[[Secret], None]
 StatusCallback = Callable[[StreamStatus], None]
 
 
+class WatchedSecret:
+    """A KV v2 secret kept current: `.current` always holds its latest version.
+
+    The gateway polls the secret's version (`vault.kv_watch_interval`, 15 s by default) and
+    pushes each new version; this object switches `.current` to it and calls the callbacks
+    registered with `on_change`, in order. While Vault cannot be read `.current` keeps the last
+    version and `on_status` callbacks hear `stale` (then `fresh`). After a reconnect it carries
+    on (a version it already has is not reported again).
+    """
+
+    def __init__(self, transport: Transport, path: str, mount: str) -> None:
+        self._transport = transport
+        self.path = path
+        self.mount = mount
+        self._view = SecretView(path)
+        self._callbacks: list[ChangeCallback] = []
+        self._status_callbacks: list[StatusCallback] = []
+        self.changes = 0
+        """How many times the version changed since the watch started."""
+        self._watch = Watch(
+            transport, f"secret:{mount}/{path}", self._open, self._on_message, self._on_status
+        )
+
+    def __repr__(self) -> str:
+        version = self._view.current.version if self._view.current is not None else None
+        return f"<WatchedSecret {self.mount}/{self.path} version={version}>"
+
+    @property
+    def current(self) -> Secret:
+        """The secret's latest version."""
+        if self._view.current is None:
+            raise LatchkeyError("the secret watch has not started")
+        return self._view.current
+
+    def on_change(self, callback: ChangeCallback) -> ChangeCallback:
+        """Call `callback(new_version)` after each new version. Usable as a decorator."""
+        self._callbacks.append(callback)
+        return callback
+
+    def on_status(self, callback: StatusCallback) -> StatusCallback:
+        """Call `callback(StreamStatus)` when the gateway becomes unreachable, is back, or
+        reports stale data."""
+        self._status_callbacks.append(callback)
+        return callback
+
+    def _open(self) -> tuple[Stream[Any], Endpoint]:
+        request = _convert.watch_secret_request(self.path, self.mount)
+        return self._transport.stream(lambda s: s.secrets.WatchSecret, request)
+
+    def _on_message(self, message: secrets_pb2.SecretEvent) -> None:
+        first = self._view.current is None
+        for event in self._view.apply(message):
+            if isinstance(event, StreamStatus):
+                self._on_status(event)
+            elif not first:
+                self.changes += 1
+                for callback in list(self._callbacks):
+                    try:
+                        callback(event)
+                    except Exception:
+                        log.exception("an on_change callback for secret %s raised", self.path)
+
+    def _on_status(self, status: StreamStatus) -> None:
+        for callback in list(self._status_callbacks):
+            callback(status)
+
+    @property
+    def closed(self) -> bool:
+        return self._watch.closed
+
+    def start(self) -> WatchedSecret:
+        self._watch.start()
+        return self
+
+    def close(self) -> None:
+        """Stop watching."""
+        self._watch.close()
+
+    def __enter__(self) -> WatchedSecret:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class Secrets:
-    """`client.secrets`: static KV v2 secrets."""
+    """`client.secrets`: static KV v2 secrets, read once or watched."""
 
     def __init__(self, transport: Transport) -> None:
         self._transport = transport
+        self._watches: list[WatchedSecret] = []
 
     def get(self, path: str, mount: str = "secret", version: int | None = None) -> Secret:
         """Read a KV v2 secret (`version=None` reads the latest). Raises `NotFound`."""
         request = _convert.secret_request(path, mount, version)
         response = self._transport.unary(lambda s: s.secrets.GetSecret, request)
         return _convert.secret(response)
+
+    def watch(self, path: str, mount: str = "secret") -> WatchedSecret:
+        """A secret kept current across new versions (see `WatchedSecret`). Raises `NotFound`
+        when it does not exist. Close it, or the client, to stop watching."""
+        watched = WatchedSecret(self._transport, path, mount).start()
+        self._watches = [w for w in self._watches if not w.closed]
+        self._watches.append(watched)
+        return watched
+
+    def close(self) -> None:
+        watches, self._watches = self._watches, []
+        for watched in watches:
+            watched.close()
 
 
 class RotatingCredentials:

@@ -169,6 +169,48 @@ def secrets_get(
         out.emit(rows, fmt, None, ["key", "value"])
 
 
+@secrets.command("watch")
+@click.argument("path")
+@click.option("--mount", default="secret", show_default=True, help="KV v2 mount.")
+@click.option("--reveal", is_flag=True, help="Print secret values (hidden unless asked for).")
+@watch_options
+@pass_ctx
+def secrets_watch(
+    ctx: Ctx, path: str, mount: str, reveal: bool, fmt: str, count: int | None
+) -> None:
+    """Follow a secret: its current version, then each new one, one line per event. Values are
+    shown only with --reveal.
+
+    \b
+    Example:
+      latchkey secrets watch demo/app --count 2
+    """
+    mount, path = secret_location(path, mount)
+    follower = Follower(fmt, count)
+
+    def on_version(secret: latchkey.Secret) -> None:
+        data = secret.data if reveal else {k: out.REDACTED for k in secret.data}
+        follower.emit(
+            {
+                "event": "version",
+                "path": f"{mount}/{path}",
+                "version": secret.version,
+                "data": data,
+                "stale": secret.freshness.stale,
+            }
+        )
+
+    with (
+        ctx.client() as client,
+        with_mount_hint(path, mount),
+        client.secrets.watch(path, mount=mount) as watched,
+    ):
+        watched.on_status(lambda status: follower.emit(_status_doc(status)))
+        watched.on_change(on_version)  # before the current one: a version may come meanwhile
+        on_version(watched.current)
+        follower.wait()
+
+
 # ------------------------------------------------------------------ database
 
 
@@ -457,7 +499,7 @@ def config_watch(ctx: Ctx, prefix: str, fmt: str, count: int | None) -> None:
 
 @cli.group()
 def services() -> None:
-    """Healthy service instances (Consul)."""
+    """Healthy service instances, and registering your own (Consul)."""
 
 
 INSTANCE_COLUMNS = ["id", "address", "port", "health", "tags", "node"]
@@ -545,9 +587,11 @@ def status(ctx: Ctx, fmt: str, field: str | None) -> None:
 def _register_exec() -> None:
     from latchkey.cli._exec import exec_command
     from latchkey.cli._flags import flags
+    from latchkey.cli._register import register_command
 
     cli.add_command(exec_command)
     cli.add_command(flags)
+    services.add_command(register_command)
 
 
 _register_exec()

@@ -63,13 +63,16 @@ class Environment:
     """The values the child sees, rebuilt from the live sources."""
 
     def __init__(self) -> None:
-        self.secrets: dict[str, str] = {}
+        self.secrets: dict[str, dict[str, str]] = {}
+        """Per --secret spec, the values its current version gives."""
         self.db: dict[str, latchkey.RotatingCredentials] = {}
         self.db_prefix: dict[str, str] = {}
         self.config: dict[str, dict[str, str]] = {}
 
     def values(self) -> dict[str, str]:
-        env = dict(self.secrets)
+        env: dict[str, str] = {}
+        for secret_values in self.secrets.values():
+            env.update(secret_values)
         for role, creds in self.db.items():
             current = creds.current
             prefix = self.db_prefix[role]
@@ -86,6 +89,13 @@ def _config_values(prefix: str, env_prefix: str, event: latchkey.ConfigEvent) ->
     return {
         env_name(env_prefix, key.removeprefix(base)): entry.text
         for key, entry in event.entries.items()
+    }
+
+
+def _secret_values(env_prefix: str, secret: latchkey.Secret) -> dict[str, str]:
+    return {
+        env_name(env_prefix, key): value if isinstance(value, str) else str(value)
+        for key, value in secret.data.items()
     }
 
 
@@ -176,15 +186,15 @@ def _change_signal(on_change: str) -> tuple[str, signal.Signals]:
 
 
 @click.command("exec", context_settings={"ignore_unknown_options": True}, epilog=NAMING)
-@click.option("--secret", "secrets", multiple=True, help="KV secret PATH[=PREFIX] (mount secret).")
+@click.option("--secret", "secrets", multiple=True, help="KV secret PATH[=PREFIX] (live).")
 @click.option("--db-role", "roles", multiple=True, help="Database ROLE[=PREFIX] (rotation-aware).")
 @click.option("--config", "prefixes", multiple=True, help="Config PREFIX[=ENVPREFIX] (live).")
 @click.option(
     "--on-change",
     default="restart",
     show_default=True,
-    help="On a change or rotation: `restart` CMD, or `signal:NAME` (e.g. signal:HUP; needs "
-    "--env-file).",
+    help="On a new secret version, config change or rotation: `restart` CMD, or "
+    "`signal:NAME` (e.g. signal:HUP; needs --env-file).",
 )
 @click.option(
     "--env-file",
@@ -205,7 +215,8 @@ def exec_command(
     command: Sequence[str],
 ) -> None:
     """Run CMD with secrets, database credentials and config in its environment; restart or
-    signal it when config changes or credentials rotate. Forwards signals; exits with CMD's code.
+    signal it when a secret or config changes or credentials rotate. Forwards signals; exits
+    with CMD's code.
 
     \b
     Example:
@@ -229,10 +240,17 @@ def exec_command(
         for spec in secrets:
             source, prefix = split_source(spec)
             mount, path = secret_location(source, "secret")
-            secret = client.secrets.get(path, mount=mount)
-            for key, value in secret.data.items():
-                text = value if isinstance(value, str) else str(value)
-                env.secrets[env_name(prefix if prefix is not None else path, key)] = text
+            watched = client.secrets.watch(path, mount=mount)
+            secret_prefix = prefix if prefix is not None else path
+            env.secrets[spec] = _secret_values(secret_prefix, watched.current)
+
+            def on_secret(
+                new: latchkey.Secret, spec: str = spec, p: str = secret_prefix, where: str = source
+            ) -> None:
+                env.secrets[spec] = _secret_values(p, new)
+                changes.put(f"secret {where} (version {new.version})")
+
+            watched.on_change(on_secret)
         for spec in roles:
             role, prefix = split_source(spec)
             creds = client.database.watch(role)
@@ -266,6 +284,20 @@ def exec_command(
             for creds in env.db.values():
                 creds.close()
     sys.exit(code)
+
+
+def run_supervised(command: Sequence[str], who: str) -> int:
+    """Run COMMAND as `exec` does (signals forwarded), with the environment as it is; its exit
+    code (127/126 when it cannot be run, the reason on stderr after `who:`)."""
+    try:
+        program = resolve_command(command[0], os.environ.get("PATH"))
+        no_changes: queue.Queue[str] = queue.Queue()
+        return _supervise(
+            program, command, Environment(), None, no_changes, "restart", signal.SIGHUP
+        )
+    except CannotRun as exc:
+        click.echo(f"{who}: {exc.message}", err=True)
+        return exc.code
 
 
 def _spawn(

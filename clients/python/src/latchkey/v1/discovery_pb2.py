@@ -25,31 +25,47 @@ _sym_db = _symbol_database.Default()
 from latchkey.v1 import common_pb2 as latchkey_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blatchkey/v1/discovery.proto\x12\x0blatchkey.v1\x1a\x18latchkey/v1/common.proto\"\xec\x01\n\x08Instance\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\r\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12-\n\x04meta\x18\x06 \x03(\x0b\x32\x1f.latchkey.v1.Instance.MetaEntry\x12)\n\x06health\x18\x07 \x01(\x0e\x32\x19.latchkey.v1.HealthStatus\x12\x12\n\ndatacenter\x18\x08 \x01(\t\x1a+\n\tMetaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"g\n\x1aGetHealthyInstancesRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\x12\n\ndatacenter\x18\x03 \x01(\t\x12\x17\n\x0finclude_warning\x18\x04 \x01(\x08\"\x81\x01\n\x1bGetHealthyInstancesResponse\x12(\n\tinstances\x18\x01 \x03(\x0b\x32\x15.latchkey.v1.Instance\x12\r\n\x05index\x18\x02 \x01(\x04\x12)\n\tfreshness\x18\x03 \x01(\x0b\x32\x16.latchkey.v1.Freshness\"`\n\x13WatchServiceRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\x12\n\ndatacenter\x18\x03 \x01(\t\x12\x17\n\x0finclude_warning\x18\x04 \x01(\x08\"\x8f\x01\n\x0bInstanceSet\x12(\n\tinstances\x18\x01 \x03(\x0b\x32\x15.latchkey.v1.Instance\x12\r\n\x05index\x18\x02 \x01(\x04\x12)\n\tfreshness\x18\x03 \x01(\x0b\x32\x16.latchkey.v1.Freshness\x12\r\n\x05\x65poch\x18\x04 \x01(\t\x12\r\n\x05reset\x18\x05 \x01(\x08\"s\n\x0cServiceEvent\x12-\n\tinstances\x18\x01 \x01(\x0b\x32\x18.latchkey.v1.InstanceSetH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.latchkey.v1.HeartbeatH\x00\x42\x07\n\x05\x65vent*\x7f\n\x0cHealthStatus\x12\x1d\n\x19HEALTH_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15HEALTH_STATUS_PASSING\x10\x01\x12\x19\n\x15HEALTH_STATUS_WARNING\x10\x02\x12\x1a\n\x16HEALTH_STATUS_CRITICAL\x10\x03\x32\xbd\x01\n\tDiscovery\x12h\n\x13GetHealthyInstances\x12\'.latchkey.v1.GetHealthyInstancesRequest\x1a(.latchkey.v1.GetHealthyInstancesResponse\x12\x46\n\x05Watch\x12 .latchkey.v1.WatchServiceRequest\x1a\x19.latchkey.v1.ServiceEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blatchkey/v1/discovery.proto\x12\x0blatchkey.v1\x1a\x18latchkey/v1/common.proto\"\x9b\x01\n\x0cServiceCheck\x12\x0e\n\x04http\x18\x01 \x01(\tH\x00\x12\r\n\x03tcp\x18\x02 \x01(\tH\x00\x12\x0e\n\x04grpc\x18\x03 \x01(\tH\x00\x12\x10\n\x08interval\x18\x04 \x01(\t\x12\x0f\n\x07timeout\x18\x05 \x01(\t\x12!\n\x19\x64\x65register_critical_after\x18\x06 \x01(\t\x12\x0c\n\x04name\x18\x07 \x01(\tB\x08\n\x06target\"\xfc\x01\n\x0fRegisterRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\r\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x34\n\x04meta\x18\x06 \x03(\x0b\x32&.latchkey.v1.RegisterRequest.MetaEntry\x12)\n\x06\x63hecks\x18\x07 \x03(\x0b\x32\x19.latchkey.v1.ServiceCheck\x12\x11\n\tttl_check\x18\x08 \x01(\x08\x1a+\n\tMetaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"[\n\x12InstanceRegistered\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\x12\x11\n\tcheck_ids\x18\x04 \x03(\t\"g\n\nCheckState\x12\x10\n\x08\x63heck_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12)\n\x06status\x18\x03 \x01(\x0e\x32\x19.latchkey.v1.HealthStatus\x12\x0e\n\x06output\x18\x04 \x01(\t\"\x8f\x01\n\x0eInstanceHealth\x12)\n\x06status\x18\x01 \x01(\x0e\x32\x19.latchkey.v1.HealthStatus\x12\'\n\x06\x63hecks\x18\x02 \x03(\x0b\x32\x17.latchkey.v1.CheckState\x12)\n\tfreshness\x18\x03 \x01(\x0b\x32\x16.latchkey.v1.Freshness\"\xab\x01\n\rRegisterEvent\x12\x35\n\nregistered\x18\x01 \x01(\x0b\x32\x1f.latchkey.v1.InstanceRegisteredH\x00\x12-\n\x06health\x18\x02 \x01(\x0b\x32\x1b.latchkey.v1.InstanceHealthH\x00\x12+\n\theartbeat\x18\x03 \x01(\x0b\x32\x16.latchkey.v1.HeartbeatH\x00\x42\x07\n\x05\x65vent\"\xec\x01\n\x08Instance\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\r\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12-\n\x04meta\x18\x06 \x03(\x0b\x32\x1f.latchkey.v1.Instance.MetaEntry\x12)\n\x06health\x18\x07 \x01(\x0e\x32\x19.latchkey.v1.HealthStatus\x12\x12\n\ndatacenter\x18\x08 \x01(\t\x1a+\n\tMetaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"g\n\x1aGetHealthyInstancesRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\x12\n\ndatacenter\x18\x03 \x01(\t\x12\x17\n\x0finclude_warning\x18\x04 \x01(\x08\"\x81\x01\n\x1bGetHealthyInstancesResponse\x12(\n\tinstances\x18\x01 \x03(\x0b\x32\x15.latchkey.v1.Instance\x12\r\n\x05index\x18\x02 \x01(\x04\x12)\n\tfreshness\x18\x03 \x01(\x0b\x32\x16.latchkey.v1.Freshness\"`\n\x13WatchServiceRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\x12\n\ndatacenter\x18\x03 \x01(\t\x12\x17\n\x0finclude_warning\x18\x04 \x01(\x08\"\x8f\x01\n\x0bInstanceSet\x12(\n\tinstances\x18\x01 \x03(\x0b\x32\x15.latchkey.v1.Instance\x12\r\n\x05index\x18\x02 \x01(\x04\x12)\n\tfreshness\x18\x03 \x01(\x0b\x32\x16.latchkey.v1.Freshness\x12\r\n\x05\x65poch\x18\x04 \x01(\t\x12\r\n\x05reset\x18\x05 \x01(\x08\"s\n\x0cServiceEvent\x12-\n\tinstances\x18\x01 \x01(\x0b\x32\x18.latchkey.v1.InstanceSetH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.latchkey.v1.HeartbeatH\x00\x42\x07\n\x05\x65vent*\x7f\n\x0cHealthStatus\x12\x1d\n\x19HEALTH_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15HEALTH_STATUS_PASSING\x10\x01\x12\x19\n\x15HEALTH_STATUS_WARNING\x10\x02\x12\x1a\n\x16HEALTH_STATUS_CRITICAL\x10\x03\x32\x85\x02\n\tDiscovery\x12h\n\x13GetHealthyInstances\x12\'.latchkey.v1.GetHealthyInstancesRequest\x1a(.latchkey.v1.GetHealthyInstancesResponse\x12\x46\n\x05Watch\x12 .latchkey.v1.WatchServiceRequest\x1a\x19.latchkey.v1.ServiceEvent0\x01\x12\x46\n\x08Register\x12\x1c.latchkey.v1.RegisterRequest\x1a\x1a.latchkey.v1.RegisterEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'latchkey.v1.discovery_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_REGISTERREQUEST_METAENTRY']._loaded_options = None
+  _globals['_REGISTERREQUEST_METAENTRY']._serialized_options = b'8\001'
   _globals['_INSTANCE_METAENTRY']._loaded_options = None
   _globals['_INSTANCE_METAENTRY']._serialized_options = b'8\001'
-  _globals['_HEALTHSTATUS']._serialized_start=907
-  _globals['_HEALTHSTATUS']._serialized_end=1034
-  _globals['_INSTANCE']._serialized_start=71
-  _globals['_INSTANCE']._serialized_end=307
-  _globals['_INSTANCE_METAENTRY']._serialized_start=264
-  _globals['_INSTANCE_METAENTRY']._serialized_end=307
-  _globals['_GETHEALTHYINSTANCESREQUEST']._serialized_start=309
-  _globals['_GETHEALTHYINSTANCESREQUEST']._serialized_end=412
-  _globals['_GETHEALTHYINSTANCESRESPONSE']._serialized_start=415
-  _globals['_GETHEALTHYINSTANCESRESPONSE']._serialized_end=544
-  _globals['_WATCHSERVICEREQUEST']._serialized_start=546
-  _globals['_WATCHSERVICEREQUEST']._serialized_end=642
-  _globals['_INSTANCESET']._serialized_start=645
-  _globals['_INSTANCESET']._serialized_end=788
-  _globals['_SERVICEEVENT']._serialized_start=790
-  _globals['_SERVICEEVENT']._serialized_end=905
-  _globals['_DISCOVERY']._serialized_start=1037
-  _globals['_DISCOVERY']._serialized_end=1226
+  _globals['_HEALTHSTATUS']._serialized_start=1838
+  _globals['_HEALTHSTATUS']._serialized_end=1965
+  _globals['_SERVICECHECK']._serialized_start=71
+  _globals['_SERVICECHECK']._serialized_end=226
+  _globals['_REGISTERREQUEST']._serialized_start=229
+  _globals['_REGISTERREQUEST']._serialized_end=481
+  _globals['_REGISTERREQUEST_METAENTRY']._serialized_start=438
+  _globals['_REGISTERREQUEST_METAENTRY']._serialized_end=481
+  _globals['_INSTANCEREGISTERED']._serialized_start=483
+  _globals['_INSTANCEREGISTERED']._serialized_end=574
+  _globals['_CHECKSTATE']._serialized_start=576
+  _globals['_CHECKSTATE']._serialized_end=679
+  _globals['_INSTANCEHEALTH']._serialized_start=682
+  _globals['_INSTANCEHEALTH']._serialized_end=825
+  _globals['_REGISTEREVENT']._serialized_start=828
+  _globals['_REGISTEREVENT']._serialized_end=999
+  _globals['_INSTANCE']._serialized_start=1002
+  _globals['_INSTANCE']._serialized_end=1238
+  _globals['_INSTANCE_METAENTRY']._serialized_start=438
+  _globals['_INSTANCE_METAENTRY']._serialized_end=481
+  _globals['_GETHEALTHYINSTANCESREQUEST']._serialized_start=1240
+  _globals['_GETHEALTHYINSTANCESREQUEST']._serialized_end=1343
+  _globals['_GETHEALTHYINSTANCESRESPONSE']._serialized_start=1346
+  _globals['_GETHEALTHYINSTANCESRESPONSE']._serialized_end=1475
+  _globals['_WATCHSERVICEREQUEST']._serialized_start=1477
+  _globals['_WATCHSERVICEREQUEST']._serialized_end=1573
+  _globals['_INSTANCESET']._serialized_start=1576
+  _globals['_INSTANCESET']._serialized_end=1719
+  _globals['_SERVICEEVENT']._serialized_start=1721
+  _globals['_SERVICEEVENT']._serialized_end=1836
+  _globals['_DISCOVERY']._serialized_start=1968
+  _globals['_DISCOVERY']._serialized_end=2229
 # @@protoc_insertion_point(module_scope)

@@ -40,6 +40,253 @@ HEALTH_STATUS_CRITICAL: HealthStatus.ValueType  # 3
 Global___HealthStatus: _TypeAlias = HealthStatus  # noqa: Y015
 
 @_typing.final
+class ServiceCheck(_message.Message):
+    """A check Consul runs against the instance, as in Consul's service definitions. Durations are
+    Consul's (Go) durations: "10s", "1m30s", "500ms".
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HTTP_FIELD_NUMBER: _builtins.int
+    TCP_FIELD_NUMBER: _builtins.int
+    GRPC_FIELD_NUMBER: _builtins.int
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    DEREGISTER_CRITICAL_AFTER_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    http: _builtins.str
+    """An HTTP(S) URL; 2xx is passing, 429 warning, anything else critical."""
+    tcp: _builtins.str
+    """host:port that must accept a TCP connection."""
+    grpc: _builtins.str
+    """host:port[/service] answering grpc.health.v1.Health."""
+    interval: _builtins.str
+    """How often Consul runs the check; default "10s"."""
+    timeout: _builtins.str
+    """How long one run may take; default "5s", at most the interval."""
+    deregister_critical_after: _builtins.str
+    """Consul deregisters the instance after the check has been critical this long; default (and
+    at least) "1m". The gateway deregisters it itself when the stream ends.
+    """
+    name: _builtins.str
+    """A name for the check; default derived from its target."""
+    def __init__(
+        self,
+        *,
+        http: _builtins.str = ...,
+        tcp: _builtins.str = ...,
+        grpc: _builtins.str = ...,
+        interval: _builtins.str = ...,
+        timeout: _builtins.str = ...,
+        deregister_critical_after: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grpc", b"grpc", "http", b"http", "target", b"target", "tcp", b"tcp"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deregister_critical_after", b"deregister_critical_after", "grpc", b"grpc", "http", b"http", "interval", b"interval", "name", b"name", "target", b"target", "tcp", b"tcp", "timeout", b"timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["http", "tcp", "grpc"]  # noqa: Y015
+    _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
+
+Global___ServiceCheck: _TypeAlias = ServiceCheck  # noqa: Y015
+
+@_typing.final
+class RegisterRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetaEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    META_FIELD_NUMBER: _builtins.int
+    CHECKS_FIELD_NUMBER: _builtins.int
+    TTL_CHECK_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    """Service name (letters, digits, `-`, `_`, `.`)."""
+    id: _builtins.str
+    """Instance id; empty: `<service>-<random>`. Must be unique on the agent."""
+    address: _builtins.str
+    """Address other services dial; empty: the caller's peer address."""
+    port: _builtins.int
+    """Port, 1-65535."""
+    ttl_check: _builtins.bool
+    """Also a TTL check that the gateway keeps passing while the stream is open."""
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """At most 32 tags."""
+
+    @_builtins.property
+    def meta(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """At most 64 entries (Consul's limit); keys of letters, digits, `-` and `_`."""
+
+    @_builtins.property
+    def checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceCheck]:
+        """Checks Consul runs (at most 8)."""
+
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        id: _builtins.str = ...,
+        address: _builtins.str = ...,
+        port: _builtins.int = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        meta: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        checks: _abc.Iterable[Global___ServiceCheck] | None = ...,
+        ttl_check: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "checks", b"checks", "id", b"id", "meta", b"meta", "port", b"port", "service", b"service", "tags", b"tags", "ttl_check", b"ttl_check"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterRequest: _TypeAlias = RegisterRequest  # noqa: Y015
+
+@_typing.final
+class InstanceRegistered(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    CHECK_IDS_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    """The Consul service id of the instance."""
+    address: _builtins.str
+    port: _builtins.int
+    @_builtins.property
+    def check_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The ids of the instance's checks in Consul."""
+
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+        address: _builtins.str = ...,
+        port: _builtins.int = ...,
+        check_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "check_ids", b"check_ids", "instance_id", b"instance_id", "port", b"port"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InstanceRegistered: _TypeAlias = InstanceRegistered  # noqa: Y015
+
+@_typing.final
+class CheckState(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECK_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    check_id: _builtins.str
+    name: _builtins.str
+    status: Global___HealthStatus.ValueType
+    output: _builtins.str
+    """The check's last output (Consul's; for HTTP checks, the response line)."""
+    def __init__(
+        self,
+        *,
+        check_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        status: Global___HealthStatus.ValueType = ...,
+        output: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check_id", b"check_id", "name", b"name", "output", b"output", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckState: _TypeAlias = CheckState  # noqa: Y015
+
+@_typing.final
+class InstanceHealth(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    CHECKS_FIELD_NUMBER: _builtins.int
+    FRESHNESS_FIELD_NUMBER: _builtins.int
+    status: Global___HealthStatus.ValueType
+    """The worst status among the checks (PASSING when there are none)."""
+    @_builtins.property
+    def checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___CheckState]: ...
+    @_builtins.property
+    def freshness(self) -> _common_pb2.Freshness: ...
+    def __init__(
+        self,
+        *,
+        status: Global___HealthStatus.ValueType = ...,
+        checks: _abc.Iterable[Global___CheckState] | None = ...,
+        freshness: _common_pb2.Freshness | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["freshness", b"freshness"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checks", b"checks", "freshness", b"freshness", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InstanceHealth: _TypeAlias = InstanceHealth  # noqa: Y015
+
+@_typing.final
+class RegisterEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTERED_FIELD_NUMBER: _builtins.int
+    HEALTH_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def registered(self) -> Global___InstanceRegistered: ...
+    @_builtins.property
+    def health(self) -> Global___InstanceHealth:
+        """Sent after `registered` and whenever a check's status changes."""
+
+    @_builtins.property
+    def heartbeat(self) -> _common_pb2.Heartbeat: ...
+    def __init__(
+        self,
+        *,
+        registered: Global___InstanceRegistered | None = ...,
+        health: Global___InstanceHealth | None = ...,
+        heartbeat: _common_pb2.Heartbeat | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "health", b"health", "heartbeat", b"heartbeat", "registered", b"registered"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "health", b"health", "heartbeat", b"heartbeat", "registered", b"registered"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["registered", "health", "heartbeat"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___RegisterEvent: _TypeAlias = RegisterEvent  # noqa: Y015
+
+@_typing.final
 class Instance(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

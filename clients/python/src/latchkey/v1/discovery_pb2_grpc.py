@@ -46,6 +46,11 @@ class DiscoveryStub:
                 request_serializer=latchkey_dot_v1_dot_discovery__pb2.WatchServiceRequest.SerializeToString,
                 response_deserializer=latchkey_dot_v1_dot_discovery__pb2.ServiceEvent.FromString,
                 _registered_method=True)
+        self.Register = channel.unary_stream(
+                '/latchkey.v1.Discovery/Register',
+                request_serializer=latchkey_dot_v1_dot_discovery__pb2.RegisterRequest.SerializeToString,
+                response_deserializer=latchkey_dot_v1_dot_discovery__pb2.RegisterEvent.FromString,
+                _registered_method=True)
 
 
 class DiscoveryServicer:
@@ -68,6 +73,20 @@ class DiscoveryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Register(self, request, context):
+        """Registers an instance of a service with the gateway's Consul agent for as long as the
+        stream is open, and deregisters it when the stream ends (the client cancels, the gateway
+        drains or shuts down). The first event is `registered` (the instance id); then the
+        instance's check statuses whenever one changes, and heartbeats (stale, upstream
+        UNREACHABLE, while Consul cannot be reached; the registration is made again when Consul
+        lost it, e.g. an agent restart). Every check has DeregisterCriticalServiceAfter set, so a
+        gateway that dies without deregistering leaves nothing behind for long. Needs the
+        `register` capability on the service.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DiscoveryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -80,6 +99,11 @@ def add_DiscoveryServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=latchkey_dot_v1_dot_discovery__pb2.WatchServiceRequest.FromString,
                     response_serializer=latchkey_dot_v1_dot_discovery__pb2.ServiceEvent.SerializeToString,
+            ),
+            'Register': grpc.unary_stream_rpc_method_handler(
+                    servicer.Register,
+                    request_deserializer=latchkey_dot_v1_dot_discovery__pb2.RegisterRequest.FromString,
+                    response_serializer=latchkey_dot_v1_dot_discovery__pb2.RegisterEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -138,6 +162,33 @@ class Discovery:
             '/latchkey.v1.Discovery/Watch',
             latchkey_dot_v1_dot_discovery__pb2.WatchServiceRequest.SerializeToString,
             latchkey_dot_v1_dot_discovery__pb2.ServiceEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Register(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/latchkey.v1.Discovery/Register',
+            latchkey_dot_v1_dot_discovery__pb2.RegisterRequest.SerializeToString,
+            latchkey_dot_v1_dot_discovery__pb2.RegisterEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,16 @@ class DiscoveryStub:
     """
     Watch: _grpc.UnaryStreamMultiCallable[_discovery_pb2.WatchServiceRequest, _discovery_pb2.ServiceEvent]
     """Streams the full instance set on every change, plus heartbeats."""
+    Register: _grpc.UnaryStreamMultiCallable[_discovery_pb2.RegisterRequest, _discovery_pb2.RegisterEvent]
+    """Registers an instance of a service with the gateway's Consul agent for as long as the
+    stream is open, and deregisters it when the stream ends (the client cancels, the gateway
+    drains or shuts down). The first event is `registered` (the instance id); then the
+    instance's check statuses whenever one changes, and heartbeats (stale, upstream
+    UNREACHABLE, while Consul cannot be reached; the registration is made again when Consul
+    lost it, e.g. an agent restart). Every check has DeregisterCriticalServiceAfter set, so a
+    gateway that dies without deregistering leaves nothing behind for long. Needs the
+    `register` capability on the service.
+    """
 
 @_typing.type_check_only
 class DiscoveryAsyncStub(DiscoveryStub):
@@ -55,6 +65,16 @@ class DiscoveryAsyncStub(DiscoveryStub):
     """
     Watch: _aio.UnaryStreamMultiCallable[_discovery_pb2.WatchServiceRequest, _discovery_pb2.ServiceEvent]  # type: ignore[assignment]
     """Streams the full instance set on every change, plus heartbeats."""
+    Register: _aio.UnaryStreamMultiCallable[_discovery_pb2.RegisterRequest, _discovery_pb2.RegisterEvent]  # type: ignore[assignment]
+    """Registers an instance of a service with the gateway's Consul agent for as long as the
+    stream is open, and deregisters it when the stream ends (the client cancels, the gateway
+    drains or shuts down). The first event is `registered` (the instance id); then the
+    instance's check statuses whenever one changes, and heartbeats (stale, upstream
+    UNREACHABLE, while Consul cannot be reached; the registration is made again when Consul
+    lost it, e.g. an agent restart). Every check has DeregisterCriticalServiceAfter set, so a
+    gateway that dies without deregistering leaves nothing behind for long. Needs the
+    `register` capability on the service.
+    """
 
 class DiscoveryServicer(metaclass=_abc_1.ABCMeta):
     """Discovery serves Consul health. All watches of one (service, tag, datacenter) share a single
@@ -78,5 +98,21 @@ class DiscoveryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_discovery_pb2.ServiceEvent], _abc.AsyncIterator[_discovery_pb2.ServiceEvent]]:
         """Streams the full instance set on every change, plus heartbeats."""
+
+    @_abc_1.abstractmethod
+    def Register(
+        self,
+        request: _discovery_pb2.RegisterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_discovery_pb2.RegisterEvent], _abc.AsyncIterator[_discovery_pb2.RegisterEvent]]:
+        """Registers an instance of a service with the gateway's Consul agent for as long as the
+        stream is open, and deregisters it when the stream ends (the client cancels, the gateway
+        drains or shuts down). The first event is `registered` (the instance id); then the
+        instance's check statuses whenever one changes, and heartbeats (stale, upstream
+        UNREACHABLE, while Consul cannot be reached; the registration is made again when Consul
+        lost it, e.g. an agent restart). Every check has DeregisterCriticalServiceAfter set, so a
+        gateway that dies without deregistering leaves nothing behind for long. Needs the
+        `register` capability on the service.
+        """
 
 def add_DiscoveryServicer_to_server(servicer: DiscoveryServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -128,6 +128,58 @@ class GetSecretResponse(_message.Message):
 Global___GetSecretResponse: _TypeAlias = GetSecretResponse  # noqa: Y015
 
 @_typing.final
+class WatchSecretRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MOUNT_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    mount: _builtins.str
+    """KV v2 mount; empty means the gateway's default ("secret")."""
+    path: _builtins.str
+    """Secret path inside the mount, e.g. "demo/app"."""
+    def __init__(
+        self,
+        *,
+        mount: _builtins.str = ...,
+        path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mount", b"mount", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchSecretRequest: _TypeAlias = WatchSecretRequest  # noqa: Y015
+
+@_typing.final
+class SecretEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def version(self) -> Global___GetSecretResponse:
+        """The current version (first event), then each new version as Vault reports it."""
+
+    @_builtins.property
+    def heartbeat(self) -> _common_pb2.Heartbeat: ...
+    def __init__(
+        self,
+        *,
+        version: Global___GetSecretResponse | None = ...,
+        heartbeat: _common_pb2.Heartbeat | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["version", "heartbeat"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___SecretEvent: _TypeAlias = SecretEvent  # noqa: Y015
+
+@_typing.final
 class DatabaseCredential(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

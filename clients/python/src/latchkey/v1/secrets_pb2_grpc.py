@@ -40,6 +40,11 @@ class SecretsStub:
                 request_serializer=latchkey_dot_v1_dot_secrets__pb2.GetSecretRequest.SerializeToString,
                 response_deserializer=latchkey_dot_v1_dot_secrets__pb2.GetSecretResponse.FromString,
                 _registered_method=True)
+        self.WatchSecret = channel.unary_stream(
+                '/latchkey.v1.Secrets/WatchSecret',
+                request_serializer=latchkey_dot_v1_dot_secrets__pb2.WatchSecretRequest.SerializeToString,
+                response_deserializer=latchkey_dot_v1_dot_secrets__pb2.SecretEvent.FromString,
+                _registered_method=True)
         self.GetDatabaseCredentials = channel.unary_unary(
                 '/latchkey.v1.Secrets/GetDatabaseCredentials',
                 request_serializer=latchkey_dot_v1_dot_secrets__pb2.GetDatabaseCredentialsRequest.SerializeToString,
@@ -79,6 +84,19 @@ class SecretsServicer:
     def GetSecret(self, request, context):
         """Reads a KV v2 secret. Served from a short-lived cache (default 30 s) with single-flight
         upstream reads; a missing secret is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchSecret(self, request, context):
+        """Follows a KV v2 secret: the first event is the current version, then every new version,
+        plus heartbeats carrying freshness (stale, with the upstream UNREACHABLE or REFUSED, while
+        Vault cannot be read; the last version read stays the current one). One upstream poll of
+        the secret's metadata per distinct (mount, path), shared by every subscriber, every
+        `vault.kv_watch_interval` seconds (jittered); the data is read only when the version
+        changes. Vault has no blocking queries, so a new version arrives within one interval.
+        Needs `read` on the secret, as GetSecret does.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -144,6 +162,11 @@ def add_SecretsServicer_to_server(servicer, server):
                     request_deserializer=latchkey_dot_v1_dot_secrets__pb2.GetSecretRequest.FromString,
                     response_serializer=latchkey_dot_v1_dot_secrets__pb2.GetSecretResponse.SerializeToString,
             ),
+            'WatchSecret': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSecret,
+                    request_deserializer=latchkey_dot_v1_dot_secrets__pb2.WatchSecretRequest.FromString,
+                    response_serializer=latchkey_dot_v1_dot_secrets__pb2.SecretEvent.SerializeToString,
+            ),
             'GetDatabaseCredentials': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDatabaseCredentials,
                     request_deserializer=latchkey_dot_v1_dot_secrets__pb2.GetDatabaseCredentialsRequest.FromString,
@@ -203,6 +226,33 @@ class Secrets:
             '/latchkey.v1.Secrets/GetSecret',
             latchkey_dot_v1_dot_secrets__pb2.GetSecretRequest.SerializeToString,
             latchkey_dot_v1_dot_secrets__pb2.GetSecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/latchkey.v1.Secrets/WatchSecret',
+            latchkey_dot_v1_dot_secrets__pb2.WatchSecretRequest.SerializeToString,
+            latchkey_dot_v1_dot_secrets__pb2.SecretEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,15 @@ class SecretsStub:
     """Reads a KV v2 secret. Served from a short-lived cache (default 30 s) with single-flight
     upstream reads; a missing secret is NOT_FOUND.
     """
+    WatchSecret: _grpc.UnaryStreamMultiCallable[_secrets_pb2.WatchSecretRequest, _secrets_pb2.SecretEvent]
+    """Follows a KV v2 secret: the first event is the current version, then every new version,
+    plus heartbeats carrying freshness (stale, with the upstream UNREACHABLE or REFUSED, while
+    Vault cannot be read; the last version read stays the current one). One upstream poll of
+    the secret's metadata per distinct (mount, path), shared by every subscriber, every
+    `vault.kv_watch_interval` seconds (jittered); the data is read only when the version
+    changes. Vault has no blocking queries, so a new version arrives within one interval.
+    Needs `read` on the secret, as GetSecret does.
+    """
     GetDatabaseCredentials: _grpc.UnaryUnaryMultiCallable[_secrets_pb2.GetDatabaseCredentialsRequest, _secrets_pb2.GetDatabaseCredentialsResponse]
     """Returns a database credential for a role. The gateway shares one Vault lease per
     (caller identity, role) while it is valid; the caller holds it until it calls RevokeLease
@@ -72,6 +81,15 @@ class SecretsAsyncStub(SecretsStub):
     GetSecret: _aio.UnaryUnaryMultiCallable[_secrets_pb2.GetSecretRequest, _secrets_pb2.GetSecretResponse]  # type: ignore[assignment]
     """Reads a KV v2 secret. Served from a short-lived cache (default 30 s) with single-flight
     upstream reads; a missing secret is NOT_FOUND.
+    """
+    WatchSecret: _aio.UnaryStreamMultiCallable[_secrets_pb2.WatchSecretRequest, _secrets_pb2.SecretEvent]  # type: ignore[assignment]
+    """Follows a KV v2 secret: the first event is the current version, then every new version,
+    plus heartbeats carrying freshness (stale, with the upstream UNREACHABLE or REFUSED, while
+    Vault cannot be read; the last version read stays the current one). One upstream poll of
+    the secret's metadata per distinct (mount, path), shared by every subscriber, every
+    `vault.kv_watch_interval` seconds (jittered); the data is read only when the version
+    changes. Vault has no blocking queries, so a new version arrives within one interval.
+    Needs `read` on the secret, as GetSecret does.
     """
     GetDatabaseCredentials: _aio.UnaryUnaryMultiCallable[_secrets_pb2.GetDatabaseCredentialsRequest, _secrets_pb2.GetDatabaseCredentialsResponse]  # type: ignore[assignment]
     """Returns a database credential for a role. The gateway shares one Vault lease per
@@ -111,6 +129,21 @@ class SecretsServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_secrets_pb2.GetSecretResponse, _abc.Awaitable[_secrets_pb2.GetSecretResponse]]:
         """Reads a KV v2 secret. Served from a short-lived cache (default 30 s) with single-flight
         upstream reads; a missing secret is NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchSecret(
+        self,
+        request: _secrets_pb2.WatchSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_secrets_pb2.SecretEvent], _abc.AsyncIterator[_secrets_pb2.SecretEvent]]:
+        """Follows a KV v2 secret: the first event is the current version, then every new version,
+        plus heartbeats carrying freshness (stale, with the upstream UNREACHABLE or REFUSED, while
+        Vault cannot be read; the last version read stays the current one). One upstream poll of
+        the secret's metadata per distinct (mount, path), shared by every subscriber, every
+        `vault.kv_watch_interval` seconds (jittered); the data is read only when the version
+        changes. Vault has no blocking queries, so a new version arrives within one interval.
+        Needs `read` on the secret, as GetSecret does.
         """
 
     @_abc_1.abstractmethod

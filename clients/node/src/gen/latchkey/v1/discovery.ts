@@ -32,6 +32,93 @@ export enum HealthStatus {
   UNRECOGNIZED = -1,
 }
 
+/**
+ * A check Consul runs against the instance, as in Consul's service definitions. Durations are
+ * Consul's (Go) durations: "10s", "1m30s", "500ms".
+ */
+export interface ServiceCheck {
+  target:
+    | //
+    /** An HTTP(S) URL; 2xx is passing, 429 warning, anything else critical. */
+    { $case: "http"; value: string }
+    | //
+    /** host:port that must accept a TCP connection. */
+    { $case: "tcp"; value: string }
+    | //
+    /** host:port[/service] answering grpc.health.v1.Health. */
+    { $case: "grpc"; value: string }
+    | undefined;
+  /** How often Consul runs the check; default "10s". */
+  interval: string;
+  /** How long one run may take; default "5s", at most the interval. */
+  timeout: string;
+  /**
+   * Consul deregisters the instance after the check has been critical this long; default (and
+   * at least) "1m". The gateway deregisters it itself when the stream ends.
+   */
+  deregisterCriticalAfter: string;
+  /** A name for the check; default derived from its target. */
+  name: string;
+}
+
+export interface RegisterRequest {
+  /** Service name (letters, digits, `-`, `_`, `.`). */
+  service: string;
+  /** Instance id; empty: `<service>-<random>`. Must be unique on the agent. */
+  id: string;
+  /** Address other services dial; empty: the caller's peer address. */
+  address: string;
+  /** Port, 1-65535. */
+  port: number;
+  /** At most 32 tags. */
+  tags: string[];
+  /** At most 64 entries (Consul's limit); keys of letters, digits, `-` and `_`. */
+  meta: { [key: string]: string };
+  /** Checks Consul runs (at most 8). */
+  checks: ServiceCheck[];
+  /** Also a TTL check that the gateway keeps passing while the stream is open. */
+  ttlCheck: boolean;
+}
+
+export interface RegisterRequest_MetaEntry {
+  key: string;
+  value: string;
+}
+
+export interface InstanceRegistered {
+  /** The Consul service id of the instance. */
+  instanceId: string;
+  address: string;
+  port: number;
+  /** The ids of the instance's checks in Consul. */
+  checkIds: string[];
+}
+
+export interface CheckState {
+  checkId: string;
+  name: string;
+  status: HealthStatus;
+  /** The check's last output (Consul's; for HTTP checks, the response line). */
+  output: string;
+}
+
+export interface InstanceHealth {
+  /** The worst status among the checks (PASSING when there are none). */
+  status: HealthStatus;
+  checks: CheckState[];
+  freshness: Freshness | undefined;
+}
+
+export interface RegisterEvent {
+  event:
+    | { $case: "registered"; value: InstanceRegistered }
+    | //
+    /** Sent after `registered` and whenever a check's status changes. */
+    { $case: "health"; value: InstanceHealth }
+    | { $case: "heartbeat"; value: Heartbeat }
+    | undefined;
+}
+
 export interface Instance {
   /** Consul service ID. */
   id: string;
@@ -95,6 +182,730 @@ export interface InstanceSet {
 export interface ServiceEvent {
   event: { $case: "instances"; value: InstanceSet } | { $case: "heartbeat"; value: Heartbeat } | undefined;
 }
+
+function createBaseServiceCheck(): ServiceCheck {
+  return { target: undefined, interval: "", timeout: "", deregisterCriticalAfter: "", name: "" };
+}
+
+export const ServiceCheck: MessageFns<ServiceCheck> = {
+  encode(message: ServiceCheck, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.target?.$case) {
+      case "http":
+        writer.uint32(10).string(message.target.value);
+        break;
+      case "tcp":
+        writer.uint32(18).string(message.target.value);
+        break;
+      case "grpc":
+        writer.uint32(26).string(message.target.value);
+        break;
+    }
+    if (message.interval !== "") {
+      writer.uint32(34).string(message.interval);
+    }
+    if (message.timeout !== "") {
+      writer.uint32(42).string(message.timeout);
+    }
+    if (message.deregisterCriticalAfter !== "") {
+      writer.uint32(50).string(message.deregisterCriticalAfter);
+    }
+    if (message.name !== "") {
+      writer.uint32(58).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ServiceCheck {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseServiceCheck();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.target = { $case: "http", value: reader.string() };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.target = { $case: "tcp", value: reader.string() };
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.target = { $case: "grpc", value: reader.string() };
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.interval = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.timeout = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.deregisterCriticalAfter = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create<I extends Exact<DeepPartial<ServiceCheck>, I>>(base?: I): ServiceCheck {
+    return ServiceCheck.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ServiceCheck>, I>>(object: I): ServiceCheck {
+    const message = createBaseServiceCheck();
+    switch (object.target?.$case) {
+      case "http": {
+        if (object.target?.value !== undefined && object.target?.value !== null) {
+          message.target = { $case: "http", value: object.target.value };
+        }
+        break;
+      }
+      case "tcp": {
+        if (object.target?.value !== undefined && object.target?.value !== null) {
+          message.target = { $case: "tcp", value: object.target.value };
+        }
+        break;
+      }
+      case "grpc": {
+        if (object.target?.value !== undefined && object.target?.value !== null) {
+          message.target = { $case: "grpc", value: object.target.value };
+        }
+        break;
+      }
+    }
+    message.interval = object.interval ?? "";
+    message.timeout = object.timeout ?? "";
+    message.deregisterCriticalAfter = object.deregisterCriticalAfter ?? "";
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseRegisterRequest(): RegisterRequest {
+  return { service: "", id: "", address: "", port: 0, tags: [], meta: {}, checks: [], ttlCheck: false };
+}
+
+export const RegisterRequest: MessageFns<RegisterRequest> = {
+  encode(message: RegisterRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.service !== "") {
+      writer.uint32(10).string(message.service);
+    }
+    if (message.id !== "") {
+      writer.uint32(18).string(message.id);
+    }
+    if (message.address !== "") {
+      writer.uint32(26).string(message.address);
+    }
+    if (message.port !== 0) {
+      writer.uint32(32).uint32(message.port);
+    }
+    for (const v of message.tags) {
+      writer.uint32(42).string(v!);
+    }
+    globalThis.Object.entries(message.meta).forEach(([key, value]: [string, string]) => {
+      RegisterRequest_MetaEntry.encode({ key: key as any, value }, writer.uint32(50).fork()).join();
+    });
+    for (const v of message.checks) {
+      ServiceCheck.encode(v!, writer.uint32(58).fork()).join();
+    }
+    if (message.ttlCheck !== false) {
+      writer.uint32(64).bool(message.ttlCheck);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RegisterRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRegisterRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.service = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.address = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.port = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.tags.push(reader.string());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            const entry6 = RegisterRequest_MetaEntry.decode(reader, reader.uint32());
+            if (entry6.value !== undefined) {
+              message.meta[entry6.key] = entry6.value;
+            }
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.checks.push(ServiceCheck.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.ttlCheck = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create<I extends Exact<DeepPartial<RegisterRequest>, I>>(base?: I): RegisterRequest {
+    return RegisterRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RegisterRequest>, I>>(object: I): RegisterRequest {
+    const message = createBaseRegisterRequest();
+    message.service = object.service ?? "";
+    message.id = object.id ?? "";
+    message.address = object.address ?? "";
+    message.port = object.port ?? 0;
+    message.tags = object.tags?.map((e) => e) || [];
+    message.meta = (globalThis.Object.entries(object.meta ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    message.checks = object.checks?.map((e) => ServiceCheck.fromPartial(e)) || [];
+    message.ttlCheck = object.ttlCheck ?? false;
+    return message;
+  },
+};
+
+function createBaseRegisterRequest_MetaEntry(): RegisterRequest_MetaEntry {
+  return { key: "", value: "" };
+}
+
+export const RegisterRequest_MetaEntry: MessageFns<RegisterRequest_MetaEntry> = {
+  encode(message: RegisterRequest_MetaEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RegisterRequest_MetaEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRegisterRequest_MetaEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create<I extends Exact<DeepPartial<RegisterRequest_MetaEntry>, I>>(base?: I): RegisterRequest_MetaEntry {
+    return RegisterRequest_MetaEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RegisterRequest_MetaEntry>, I>>(object: I): RegisterRequest_MetaEntry {
+    const message = createBaseRegisterRequest_MetaEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseInstanceRegistered(): InstanceRegistered {
+  return { instanceId: "", address: "", port: 0, checkIds: [] };
+}
+
+export const InstanceRegistered: MessageFns<InstanceRegistered> = {
+  encode(message: InstanceRegistered, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.instanceId !== "") {
+      writer.uint32(10).string(message.instanceId);
+    }
+    if (message.address !== "") {
+      writer.uint32(18).string(message.address);
+    }
+    if (message.port !== 0) {
+      writer.uint32(24).uint32(message.port);
+    }
+    for (const v of message.checkIds) {
+      writer.uint32(34).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): InstanceRegistered {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseInstanceRegistered();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.instanceId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.address = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.port = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.checkIds.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create<I extends Exact<DeepPartial<InstanceRegistered>, I>>(base?: I): InstanceRegistered {
+    return InstanceRegistered.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<InstanceRegistered>, I>>(object: I): InstanceRegistered {
+    const message = createBaseInstanceRegistered();
+    message.instanceId = object.instanceId ?? "";
+    message.address = object.address ?? "";
+    message.port = object.port ?? 0;
+    message.checkIds = object.checkIds?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseCheckState(): CheckState {
+  return { checkId: "", name: "", status: 0, output: "" };
+}
+
+export const CheckState: MessageFns<CheckState> = {
+  encode(message: CheckState, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.checkId !== "") {
+      writer.uint32(10).string(message.checkId);
+    }
+    if (message.name !== "") {
+      writer.uint32(18).string(message.name);
+    }
+    if (message.status !== 0) {
+      writer.uint32(24).int32(message.status);
+    }
+    if (message.output !== "") {
+      writer.uint32(34).string(message.output);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CheckState {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCheckState();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.checkId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.status = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.output = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create<I extends Exact<DeepPartial<CheckState>, I>>(base?: I): CheckState {
+    return CheckState.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CheckState>, I>>(object: I): CheckState {
+    const message = createBaseCheckState();
+    message.checkId = object.checkId ?? "";
+    message.name = object.name ?? "";
+    message.status = object.status ?? 0;
+    message.output = object.output ?? "";
+    return message;
+  },
+};
+
+function createBaseInstanceHealth(): InstanceHealth {
+  return { status: 0, checks: [], freshness: undefined };
+}
+
+export const InstanceHealth: MessageFns<InstanceHealth> = {
+  encode(message: InstanceHealth, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.status !== 0) {
+      writer.uint32(8).int32(message.status);
+    }
+    for (const v of message.checks) {
+      CheckState.encode(v!, writer.uint32(18).fork()).join();
+    }
+    if (message.freshness !== undefined) {
+      Freshness.encode(message.freshness, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): InstanceHealth {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseInstanceHealth();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.status = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.checks.push(CheckState.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.freshness = Freshness.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create<I extends Exact<DeepPartial<InstanceHealth>, I>>(base?: I): InstanceHealth {
+    return InstanceHealth.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<InstanceHealth>, I>>(object: I): InstanceHealth {
+    const message = createBaseInstanceHealth();
+    message.status = object.status ?? 0;
+    message.checks = object.checks?.map((e) => CheckState.fromPartial(e)) || [];
+    message.freshness = (object.freshness !== undefined && object.freshness !== null)
+      ? Freshness.fromPartial(object.freshness)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseRegisterEvent(): RegisterEvent {
+  return { event: undefined };
+}
+
+export const RegisterEvent: MessageFns<RegisterEvent> = {
+  encode(message: RegisterEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.event?.$case) {
+      case "registered":
+        InstanceRegistered.encode(message.event.value, writer.uint32(10).fork()).join();
+        break;
+      case "health":
+        InstanceHealth.encode(message.event.value, writer.uint32(18).fork()).join();
+        break;
+      case "heartbeat":
+        Heartbeat.encode(message.event.value, writer.uint32(26).fork()).join();
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RegisterEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRegisterEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.event = { $case: "registered", value: InstanceRegistered.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.event = { $case: "health", value: InstanceHealth.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.event = { $case: "heartbeat", value: Heartbeat.decode(reader, reader.uint32()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create<I extends Exact<DeepPartial<RegisterEvent>, I>>(base?: I): RegisterEvent {
+    return RegisterEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RegisterEvent>, I>>(object: I): RegisterEvent {
+    const message = createBaseRegisterEvent();
+    switch (object.event?.$case) {
+      case "registered": {
+        if (object.event?.value !== undefined && object.event?.value !== null) {
+          message.event = { $case: "registered", value: InstanceRegistered.fromPartial(object.event.value) };
+        }
+        break;
+      }
+      case "health": {
+        if (object.event?.value !== undefined && object.event?.value !== null) {
+          message.event = { $case: "health", value: InstanceHealth.fromPartial(object.event.value) };
+        }
+        break;
+      }
+      case "heartbeat": {
+        if (object.event?.value !== undefined && object.event?.value !== null) {
+          message.event = { $case: "heartbeat", value: Heartbeat.fromPartial(object.event.value) };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
 
 function createBaseInstance(): Instance {
   return { id: "", node: "", address: "", port: 0, tags: [], meta: {}, health: 0, datacenter: "" };
@@ -799,6 +1610,25 @@ export const DiscoveryService = {
     responseSerialize: (value: ServiceEvent): Buffer => Buffer.from(ServiceEvent.encode(value).finish()),
     responseDeserialize: (value: Buffer): ServiceEvent => ServiceEvent.decode(value),
   },
+  /**
+   * Registers an instance of a service with the gateway's Consul agent for as long as the
+   * stream is open, and deregisters it when the stream ends (the client cancels, the gateway
+   * drains or shuts down). The first event is `registered` (the instance id); then the
+   * instance's check statuses whenever one changes, and heartbeats (stale, upstream
+   * UNREACHABLE, while Consul cannot be reached; the registration is made again when Consul
+   * lost it, e.g. an agent restart). Every check has DeregisterCriticalServiceAfter set, so a
+   * gateway that dies without deregistering leaves nothing behind for long. Needs the
+   * `register` capability on the service.
+   */
+  register: {
+    path: "/latchkey.v1.Discovery/Register" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: RegisterRequest): Buffer => Buffer.from(RegisterRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RegisterRequest => RegisterRequest.decode(value),
+    responseSerialize: (value: RegisterEvent): Buffer => Buffer.from(RegisterEvent.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RegisterEvent => RegisterEvent.decode(value),
+  },
 } as const;
 
 export interface DiscoveryServer extends UntypedServiceImplementation {
@@ -809,6 +1639,17 @@ export interface DiscoveryServer extends UntypedServiceImplementation {
   getHealthyInstances: handleUnaryCall<GetHealthyInstancesRequest, GetHealthyInstancesResponse>;
   /** Streams the full instance set on every change, plus heartbeats. */
   watch: handleServerStreamingCall<WatchServiceRequest, ServiceEvent>;
+  /**
+   * Registers an instance of a service with the gateway's Consul agent for as long as the
+   * stream is open, and deregisters it when the stream ends (the client cancels, the gateway
+   * drains or shuts down). The first event is `registered` (the instance id); then the
+   * instance's check statuses whenever one changes, and heartbeats (stale, upstream
+   * UNREACHABLE, while Consul cannot be reached; the registration is made again when Consul
+   * lost it, e.g. an agent restart). Every check has DeregisterCriticalServiceAfter set, so a
+   * gateway that dies without deregistering leaves nothing behind for long. Needs the
+   * `register` capability on the service.
+   */
+  register: handleServerStreamingCall<RegisterRequest, RegisterEvent>;
 }
 
 export interface DiscoveryClient extends Client {
@@ -838,6 +1679,22 @@ export interface DiscoveryClient extends Client {
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<ServiceEvent>;
+  /**
+   * Registers an instance of a service with the gateway's Consul agent for as long as the
+   * stream is open, and deregisters it when the stream ends (the client cancels, the gateway
+   * drains or shuts down). The first event is `registered` (the instance id); then the
+   * instance's check statuses whenever one changes, and heartbeats (stale, upstream
+   * UNREACHABLE, while Consul cannot be reached; the registration is made again when Consul
+   * lost it, e.g. an agent restart). Every check has DeregisterCriticalServiceAfter set, so a
+   * gateway that dies without deregistering leaves nothing behind for long. Needs the
+   * `register` capability on the service.
+   */
+  register(request: RegisterRequest, options?: Partial<CallOptions>): ClientReadableStream<RegisterEvent>;
+  register(
+    request: RegisterRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<RegisterEvent>;
 }
 
 export const DiscoveryClient = makeGenericClientConstructor(DiscoveryService, "latchkey.v1.Discovery") as unknown as {

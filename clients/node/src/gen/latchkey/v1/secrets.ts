@@ -54,6 +54,22 @@ export interface GetSecretResponse {
   freshness: Freshness | undefined;
 }
 
+export interface WatchSecretRequest {
+  /** KV v2 mount; empty means the gateway's default ("secret"). */
+  mount: string;
+  /** Secret path inside the mount, e.g. "demo/app". */
+  path: string;
+}
+
+export interface SecretEvent {
+  event:
+    | //
+    /** The current version (first event), then each new version as Vault reports it. */
+    { $case: "version"; value: GetSecretResponse }
+    | { $case: "heartbeat"; value: Heartbeat }
+    | undefined;
+}
+
 export interface DatabaseCredential {
   username: string;
   password: string;
@@ -511,6 +527,154 @@ export const GetSecretResponse: MessageFns<GetSecretResponse> = {
     message.freshness = (object.freshness !== undefined && object.freshness !== null)
       ? Freshness.fromPartial(object.freshness)
       : undefined;
+    return message;
+  },
+};
+
+function createBaseWatchSecretRequest(): WatchSecretRequest {
+  return { mount: "", path: "" };
+}
+
+export const WatchSecretRequest: MessageFns<WatchSecretRequest> = {
+  encode(message: WatchSecretRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.mount !== "") {
+      writer.uint32(10).string(message.mount);
+    }
+    if (message.path !== "") {
+      writer.uint32(18).string(message.path);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchSecretRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchSecretRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.mount = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.path = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create<I extends Exact<DeepPartial<WatchSecretRequest>, I>>(base?: I): WatchSecretRequest {
+    return WatchSecretRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WatchSecretRequest>, I>>(object: I): WatchSecretRequest {
+    const message = createBaseWatchSecretRequest();
+    message.mount = object.mount ?? "";
+    message.path = object.path ?? "";
+    return message;
+  },
+};
+
+function createBaseSecretEvent(): SecretEvent {
+  return { event: undefined };
+}
+
+export const SecretEvent: MessageFns<SecretEvent> = {
+  encode(message: SecretEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.event?.$case) {
+      case "version":
+        GetSecretResponse.encode(message.event.value, writer.uint32(10).fork()).join();
+        break;
+      case "heartbeat":
+        Heartbeat.encode(message.event.value, writer.uint32(18).fork()).join();
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SecretEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSecretEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.event = { $case: "version", value: GetSecretResponse.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.event = { $case: "heartbeat", value: Heartbeat.decode(reader, reader.uint32()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create<I extends Exact<DeepPartial<SecretEvent>, I>>(base?: I): SecretEvent {
+    return SecretEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SecretEvent>, I>>(object: I): SecretEvent {
+    const message = createBaseSecretEvent();
+    switch (object.event?.$case) {
+      case "version": {
+        if (object.event?.value !== undefined && object.event?.value !== null) {
+          message.event = { $case: "version", value: GetSecretResponse.fromPartial(object.event.value) };
+        }
+        break;
+      }
+      case "heartbeat": {
+        if (object.event?.value !== undefined && object.event?.value !== null) {
+          message.event = { $case: "heartbeat", value: Heartbeat.fromPartial(object.event.value) };
+        }
+        break;
+      }
+    }
     return message;
   },
 };
@@ -1995,6 +2159,24 @@ export const SecretsService = {
     responseDeserialize: (value: Buffer): GetSecretResponse => GetSecretResponse.decode(value),
   },
   /**
+   * Follows a KV v2 secret: the first event is the current version, then every new version,
+   * plus heartbeats carrying freshness (stale, with the upstream UNREACHABLE or REFUSED, while
+   * Vault cannot be read; the last version read stays the current one). One upstream poll of
+   * the secret's metadata per distinct (mount, path), shared by every subscriber, every
+   * `vault.kv_watch_interval` seconds (jittered); the data is read only when the version
+   * changes. Vault has no blocking queries, so a new version arrives within one interval.
+   * Needs `read` on the secret, as GetSecret does.
+   */
+  watchSecret: {
+    path: "/latchkey.v1.Secrets/WatchSecret" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: WatchSecretRequest): Buffer => Buffer.from(WatchSecretRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): WatchSecretRequest => WatchSecretRequest.decode(value),
+    responseSerialize: (value: SecretEvent): Buffer => Buffer.from(SecretEvent.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SecretEvent => SecretEvent.decode(value),
+  },
+  /**
    * Returns a database credential for a role. The gateway shares one Vault lease per
    * (caller identity, role) while it is valid; the caller holds it until it calls RevokeLease
    * or lets it lapse. The gateway renews it while it is held.
@@ -2086,6 +2268,16 @@ export interface SecretsServer extends UntypedServiceImplementation {
    */
   getSecret: handleUnaryCall<GetSecretRequest, GetSecretResponse>;
   /**
+   * Follows a KV v2 secret: the first event is the current version, then every new version,
+   * plus heartbeats carrying freshness (stale, with the upstream UNREACHABLE or REFUSED, while
+   * Vault cannot be read; the last version read stays the current one). One upstream poll of
+   * the secret's metadata per distinct (mount, path), shared by every subscriber, every
+   * `vault.kv_watch_interval` seconds (jittered); the data is read only when the version
+   * changes. Vault has no blocking queries, so a new version arrives within one interval.
+   * Needs `read` on the secret, as GetSecret does.
+   */
+  watchSecret: handleServerStreamingCall<WatchSecretRequest, SecretEvent>;
+  /**
    * Returns a database credential for a role. The gateway shares one Vault lease per
    * (caller identity, role) while it is valid; the caller holds it until it calls RevokeLease
    * or lets it lapse. The gateway renews it while it is held.
@@ -2137,6 +2329,21 @@ export interface SecretsClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetSecretResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * Follows a KV v2 secret: the first event is the current version, then every new version,
+   * plus heartbeats carrying freshness (stale, with the upstream UNREACHABLE or REFUSED, while
+   * Vault cannot be read; the last version read stays the current one). One upstream poll of
+   * the secret's metadata per distinct (mount, path), shared by every subscriber, every
+   * `vault.kv_watch_interval` seconds (jittered); the data is read only when the version
+   * changes. Vault has no blocking queries, so a new version arrives within one interval.
+   * Needs `read` on the secret, as GetSecret does.
+   */
+  watchSecret(request: WatchSecretRequest, options?: Partial<CallOptions>): ClientReadableStream<SecretEvent>;
+  watchSecret(
+    request: WatchSecretRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<SecretEvent>;
   /**
    * Returns a database credential for a role. The gateway shares one Vault lease per
    * (caller identity, role) while it is valid; the caller holds it until it calls RevokeLease
