@@ -65,12 +65,13 @@ export function parse(addr: string, token?: string): ConsulReplicas {
         "consul://127.0.0.1:8500/latchkey (AGENT is a Consul agent's HTTP host:port)",
     );
   let url: URL;
+  let service: string;
   try {
     url = new URL(text);
+    service = decodeURIComponent(url.pathname.replace(/^\/+|\/+$/g, ""));
   } catch {
     throw notConsul();
   }
-  const service = decodeURIComponent(url.pathname.replace(/^\/+|\/+$/g, ""));
   if (!url.host || !service || service.includes("/")) throw notConsul();
   if (url.username || url.password) {
     throw new ConfigurationError(

@@ -172,6 +172,8 @@ export interface GatewayOptions {
   vaultAddr?: string;
   /** Where the gateway looks for Consul (e.g. a `Relay` to it). */
   consulAddr?: string;
+  /** The Consul service it registers as (default `latchkey`). */
+  service?: string;
 }
 
 /** A `latchkey-server serve` process on a fixed port (so it can be restarted on it). */
@@ -194,6 +196,7 @@ export class GatewayProcess {
     if (options.graceSeconds !== undefined) config.leases.grace = options.graceSeconds;
     if (options.vaultAddr !== undefined) config.vault.addr = options.vaultAddr;
     if (options.consulAddr !== undefined) config.consul.addr = options.consulAddr;
+    if (options.service !== undefined) config.replica.service = options.service;
     if (options.mtls) {
       const tls = stack.tlsDir;
       config.insecure = false;
