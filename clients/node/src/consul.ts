@@ -8,8 +8,8 @@
  * with Node's roots), `dc=NAME`, `tag=TAG`. The agent's ACL token comes from
  * `LATCHKEY_CONSUL_TOKEN` (never from the address, which ends up in logs and messages).
  *
- * One HTTP GET at a time over `node:http`/`node:https` (no dependency). Its socket is unref'd,
- * so that the background query never keeps a process alive on its own, and the client's
+ * One HTTP GET at a time over `node:http`/`node:https` (no dependency). The background query's
+ * socket is unref'd, so that it never keeps a process alive on its own, and the client's
  * `close()` aborts a query in flight at once.
  */
 
@@ -123,6 +123,15 @@ export function targets(body: unknown): string[] {
   return [...out].sort();
 }
 
+/** Options of one health query. */
+export interface QueryOptions {
+  /** How long Consul may block, milliseconds (default `WAIT_MS`). */
+  readonly waitMs?: number;
+  /** Unref the socket: the query alone does not keep the process alive (the replica list's
+   * background refresh; a call waiting for it keeps the process alive by itself). */
+  readonly background?: boolean;
+}
+
 /** One answer of the health query. */
 export interface PassingAnswer {
   /** Consul's `X-Consul-Index`: the next query blocks until it moves past it. */
@@ -145,7 +154,8 @@ export class PassingQuery {
    * index. Rejects with `Unavailable` when the agent cannot be asked or answers an error, and
    * with an `AbortError` when `signal` aborts.
    */
-  fetch(index: number, signal: AbortSignal, waitMs = WAIT_MS): Promise<PassingAnswer> {
+  fetch(index: number, signal: AbortSignal, options: QueryOptions = {}): Promise<PassingAnswer> {
+    const waitMs = options.waitMs ?? WAIT_MS;
     const r = this.replicas;
     const params = new URLSearchParams({ passing: "1" });
     if (r.datacenter) params.set("dc", r.datacenter);
@@ -178,7 +188,7 @@ export class PassingQuery {
           }
         });
       });
-      req.on("socket", (socket) => socket.unref()); // the client's close() ends it, not the process
+      if (options.background) req.on("socket", (socket) => socket.unref());
       req.setTimeout(timeoutMs, () => req.destroy(Object.assign(new Error("timed out"), { code: "ETIMEDOUT" })));
       req.on("error", (err) => reject(signal.aborted ? err : unreachable(errorName(err), err)));
     });

@@ -87,7 +87,7 @@ export class ReplicaList {
     while (!this.stop.signal.aborted) {
       let answer;
       try {
-        answer = await this.query.fetch(index, this.stop.signal);
+        answer = await this.query.fetch(index, this.stop.signal, { background: true });
       } catch (err) {
         if (this.stop.signal.aborted) return;
         const error =
