@@ -4,12 +4,17 @@
  * as `latchkey` meanwhile). */
 
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { fileURLToPath } from "node:url";
 import { describe, test } from "node:test";
 
 import { Cancelled, Client, type ConfigEvent, Unavailable } from "@latchkey/client";
 import { PassingQuery, parse } from "#internal/consul.js";
 
 import { consulKv, eventually, freePort, GatewayProcess, nextEvent, Relay, stack, unique } from "./helpers.js";
+
+const PACKAGE_DIR = fileURLToPath(new URL("../../", import.meta.url)); // clients/node
 
 /** A client of the gateways Consul lists as `service` (plaintext, as the test gateways serve). */
 function consulClient(agent: string, service: string, options: { retryDeadlineMs?: number } = {}): Client {
@@ -97,6 +102,32 @@ describe("consul:// addresses", { timeout: 120_000 }, () => {
     }
   });
 
+  test("a replica killed (still registered): calls continue on the other", async () => {
+    const service = serviceName("node-kill");
+    const gateways = [await GatewayProcess.start({ service }), await GatewayProcess.start({ service })];
+    const query = new PassingQuery(parse(`consul://${stack.consul}/${service}`));
+    const client = consulClient(stack.consul, service);
+    try {
+      const both = gateways.map((g) => `127.0.0.1:${g.port}`).sort();
+      const stop = new AbortController();
+      await eventually(
+        async () => (await query.fetch(0, stop.signal)).targets.join(" ") === both.join(" "),
+        "Consul listing both replicas as passing",
+      );
+      assert.equal((await client.secrets.get("myapp/database")).data["username"], "myapp");
+      const used = gateways.find((g) => client.address === `127.0.0.1:${g.port}`);
+      assert.ok(used, `the client uses a listed replica, not ${client.address}`);
+      const other = gateways.find((g) => g !== used)!;
+      await used.kill(); // its instance stays registered, passing until its check's TTL runs out
+      assert.equal((await client.secrets.get("myapp/database")).data["username"], "myapp");
+      assert.equal(client.address, `127.0.0.1:${other.port}`);
+    } finally {
+      query.close();
+      await client.close();
+      for (const gateway of gateways) await gateway.stop();
+    }
+  });
+
   test("Consul listing nothing, then out of reach: the last known replicas are kept", async () => {
     const service = serviceName("node-keep");
     const instance = await registerSharedGateway(service);
@@ -146,6 +177,33 @@ describe("consul:// addresses", { timeout: 120_000 }, () => {
       });
     } finally {
       await client.close();
+    }
+  });
+
+  test("the background query keeps no process alive: a script that never closes its client exits", async () => {
+    const service = serviceName("node-exit");
+    const instance = await registerSharedGateway(service);
+    const script = [
+      'import { Client } from "@latchkey/client";',
+      "const client = new Client({ insecure: true });",
+      'console.log((await client.status()).identity ? "answered" : "no identity");',
+    ].join("\n");
+    const child = spawn(process.execPath, ["--input-type=module", "--eval", script], {
+      cwd: PACKAGE_DIR,
+      env: { PATH: process.env["PATH"], LATCHKEY_ADDR: `consul://${stack.consul}/${service}`, LATCHKEY_TOKEN: stack.token },
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    let out = "";
+    child.stdout.on("data", (chunk: Buffer) => (out += chunk.toString()));
+    const killer = setTimeout(() => child.kill("SIGKILL"), 30_000);
+    try {
+      const [code, signal] = (await once(child, "exit")) as [number | null, string | null];
+      assert.equal(signal, null, "the script did not exit on its own within 30 s");
+      assert.equal(code, 0);
+      assert.equal(out.trim(), "answered");
+    } finally {
+      clearTimeout(killer);
+      await instance.deregister();
     }
   });
 

@@ -271,6 +271,16 @@ export class GatewayProcess {
     clearTimeout(killer);
   }
 
+  /** SIGKILL (a crash: nothing deregistered or revoked) and wait for the exit. */
+  async kill(): Promise<void> {
+    const child = this.child;
+    this.child = null;
+    if (child === null || child.exitCode !== null) return;
+    const exited = once(child, "exit");
+    child.kill("SIGKILL");
+    await exited;
+  }
+
   logTail(): string {
     return readFileSync(this.logFile, "utf8").split("\n").slice(-30).join("\n");
   }
