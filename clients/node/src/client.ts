@@ -63,7 +63,7 @@ export class Client {
   /** Close every watch (releasing held leases) and channel. */
   async close(): Promise<void> {
     await Promise.all([this.config.closeAll(), this.services.closeAll(), this.database.closeAll()]);
-    this.transport.close();
+    await this.transport.close();
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

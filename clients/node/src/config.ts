@@ -44,7 +44,7 @@ export class ConfigWatch extends LiveStream<ConfigEvent> {
     super(`config watch ${prefix}`);
     this.loop = new StreamLoop<pb.ConfigEvent>({
       name: this.name,
-      open: () =>
+      open: (signal) =>
         transport.stream(
           pb.ConfigService.watch,
           pb.WatchConfigRequest.fromPartial({
@@ -52,6 +52,7 @@ export class ConfigWatch extends LiveStream<ConfigEvent> {
             resumeIndex: this.view.resumeIndex,
             resumeEpoch: this.view.resumeEpoch,
           }),
+          signal,
         ),
       onMessage: (message) => {
         for (const item of this.view.apply(message)) {
@@ -61,7 +62,7 @@ export class ConfigWatch extends LiveStream<ConfigEvent> {
       },
       onStatus: (status) => this.publishStatus(status),
       onError: (error) => this.reportError(error),
-      failover: (index) => transport.failover(index),
+      failover: (gateway) => transport.failover(gateway),
       address: () => transport.address,
     });
   }

@@ -10,6 +10,7 @@
  */
 
 export { Client } from "./client.js";
+export type { ConsulReplicas } from "./consul.js";
 export { Binding, Config, ConfigWatch, type Validator, type WatchOptions } from "./config.js";
 export {
   Cancelled,

@@ -30,11 +30,12 @@ export function isRetryable(error: LatchkeyError): boolean {
   return error instanceof Unavailable;
 }
 
-/** Wait `ms`; resolves early (false) when `signal` aborts, true when the time passed. */
-export async function sleep(ms: number, signal?: AbortSignal): Promise<boolean> {
+/** Wait `ms`; resolves early (false) when `signal` aborts, true when the time passed. With
+ * `ref: false` the timer does not keep the process alive (background work). */
+export async function sleep(ms: number, signal?: AbortSignal, ref = true): Promise<boolean> {
   if (signal?.aborted) return false;
   try {
-    await delay(ms, undefined, signal ? { signal } : undefined);
+    await delay(ms, undefined, signal ? { signal, ref } : { ref });
     return true;
   } catch {
     return false;

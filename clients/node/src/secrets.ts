@@ -78,15 +78,16 @@ export class RotatingCredentials extends LiveStream<DatabaseCredentials> {
     this.view = new CredentialView(role);
     this.loop = new StreamLoop<pb.CredentialEvent>({
       name: this.name,
-      open: () =>
+      open: (signal) =>
         transport.stream(
           pb.SecretsService.watchDatabaseCredentials,
           pb.WatchDatabaseCredentialsRequest.fromPartial({ role, leaseId: this.view.leaseId }),
+          signal,
         ),
       onMessage: (message) => this.onMessage(message),
       onStatus: (status) => this.publishStatus(status),
       onError: (error) => this.reportError(error),
-      failover: (index) => transport.failover(index),
+      failover: (gateway) => transport.failover(gateway),
       address: () => transport.address,
     });
   }

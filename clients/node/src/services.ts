@@ -50,8 +50,12 @@ export class ServiceWatch extends LiveStream<ServiceEvent> {
     this.view = new ServiceView(service);
     this.loop = new StreamLoop<pb.ServiceEvent>({
       name: this.name,
-      open: () =>
-        transport.stream(pb.DiscoveryService.watch, pb.WatchServiceRequest.fromPartial({ service, tag: query.tag ?? "" })),
+      open: (signal) =>
+        transport.stream(
+          pb.DiscoveryService.watch,
+          pb.WatchServiceRequest.fromPartial({ service, tag: query.tag ?? "" }),
+          signal,
+        ),
       onMessage: (message) => {
         for (const item of this.view.apply(message)) {
           if ("instances" in item) this.publish(item, "change");
@@ -60,7 +64,7 @@ export class ServiceWatch extends LiveStream<ServiceEvent> {
       },
       onStatus: (status) => this.publishStatus(status),
       onError: (error) => this.reportError(error),
-      failover: (index) => transport.failover(index),
+      failover: (gateway) => transport.failover(gateway),
       address: () => transport.address,
     });
   }

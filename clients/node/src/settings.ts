@@ -6,6 +6,7 @@
 
 import { readFileSync } from "node:fs";
 
+import { type ConsulReplicas, isConsul, parse as parseConsul } from "./consul.js";
 import { ConfigurationError } from "./errors.js";
 
 export const ENV_ADDR = "LATCHKEY_ADDR";
@@ -13,6 +14,7 @@ export const ENV_TOKEN = "LATCHKEY_TOKEN";
 export const ENV_CACERT = "LATCHKEY_CACERT";
 export const ENV_CLIENT_CERT = "LATCHKEY_CLIENT_CERT";
 export const ENV_CLIENT_KEY = "LATCHKEY_CLIENT_KEY";
+export const ENV_CONSUL_TOKEN = "LATCHKEY_CONSUL_TOKEN";
 
 /** A file path, or the PEM itself. */
 export type PemSource = string | Buffer;
@@ -22,7 +24,9 @@ export interface ClientOptions {
   /**
    * Gateway address(es): `host:port` (TLS), `https://host:port` (TLS) or `http://host:port`
    * (plaintext); a string may hold several separated by commas. The client fails over between
-   * them. Default: `LATCHKEY_ADDR`.
+   * them. Or `consul://AGENT/SERVICE[?scheme=https&dc=DC&tag=TAG]`: the instances of SERVICE
+   * that Consul lists as passing, kept current (TLS unless `insecure`; the agent's ACL token
+   * from `LATCHKEY_CONSUL_TOKEN`). Default: `LATCHKEY_ADDR`.
    */
   addr?: string | readonly string[];
   /** Bearer token sent as `authorization: Bearer <token>`. Default: `LATCHKEY_TOKEN`. */
@@ -54,8 +58,14 @@ export interface Endpoint {
 
 /** Everything a client needs to reach the gateway. */
 export interface ClientSettings {
-  /** Gateway addresses, tried in order; the client fails over between them. */
+  /** Gateway addresses, tried in order; the client fails over between them (empty when
+   * `replicas` finds them). */
   readonly endpoints: readonly Endpoint[];
+  /** Where Consul lists the gateway's replicas (`consul://AGENT/SERVICE`): its passing
+   * instances are the failover list, kept current. */
+  readonly replicas: ConsulReplicas | undefined;
+  /** Whether the channels to the replicas found in Consul use TLS. */
+  readonly replicasTls: boolean;
   readonly token: string | undefined;
   readonly cacert: Buffer | undefined;
   readonly clientCert: Buffer | undefined;
@@ -134,8 +144,25 @@ export function resolveSettings(options: ClientOptions = {}): ClientSettings {
     );
   }
   if (addr === undefined) throw new ConfigurationError(NO_ADDRESS);
+  const insecure = options.insecure ?? false;
+  const items = typeof addr === "string" ? [addr] : [...addr];
+  let replicas: ConsulReplicas | undefined;
+  let endpoints: Endpoint[] = [];
+  if (items.some((item) => item.split(",").some(isConsul))) {
+    if (items.length !== 1 || items[0]!.includes(",")) {
+      throw new ConfigurationError(
+        "a consul:// address stands alone: give either consul://AGENT/SERVICE or a " +
+          "comma-separated list of gateway addresses",
+      );
+    }
+    replicas = parseConsul(items[0]!, fromEnv(ENV_CONSUL_TOKEN));
+  } else {
+    endpoints = parseAddresses(addr, insecure);
+  }
   return {
-    endpoints: parseAddresses(addr, options.insecure ?? false),
+    endpoints,
+    replicas,
+    replicasTls: !insecure, // as a bare host:port: TLS unless insecure
     token,
     cacert: read(cacert, "CA certificate"),
     clientCert: read(clientCert, "client certificate"),

@@ -2,14 +2,19 @@
  * The gRPC transport: lazily created channels, failover between gateways, retries of
  * UNAVAILABLE with backoff, and error translation at every call.
  *
+ * The gateways are a static list (`LATCHKEY_ADDR=a:7400,b:7400`) or the replicas Consul lists
+ * as passing (`consul://AGENT/latchkey`, kept current by `ReplicaList`). A channel is kept per
+ * address; one to a replica that left the list is not closed (a stream may still run on it).
+ *
  * `@grpc/grpc-js` is imported here and nowhere else in the SDK (the generated stubs aside).
  */
 
 import * as grpc from "@grpc/grpc-js";
 
 import { Cancelled, Internal, LatchkeyError, statusCodeName } from "./errors.js";
+import { ReplicaList } from "./replicas.js";
 import { Backoff, isRetryable, sleep } from "./retry.js";
-import type { ClientSettings } from "./settings.js";
+import type { ClientSettings, Endpoint } from "./settings.js";
 
 /** A unary method as the generated service definitions describe it. */
 export interface UnaryMethod<Req, Res> {
@@ -88,33 +93,64 @@ export class Stream<T> implements AsyncIterable<T> {
   }
 }
 
+function key(endpoint: Endpoint): string {
+  return `${endpoint.tls ? "tls" : "plaintext"} ${endpoint.target}`;
+}
+
 /** Channels to one or more gateways; the active one changes when a call finds it down. */
 export class Transport {
-  private readonly clients = new Map<number, grpc.Client>();
-  private active = 0;
+  private readonly clients = new Map<string, grpc.Client>();
+  /** The gateways to fail over between, now. */
+  private endpoints: readonly Endpoint[];
+  private active: Endpoint | undefined;
+  private readonly replicas: ReplicaList | undefined;
   private closed = false;
 
   constructor(
     readonly settings: ClientSettings,
     private readonly backoff = new Backoff(),
-  ) {}
-
-  /** The gateway address currently in use. */
-  get address(): string {
-    return this.settings.endpoints[this.active]!.target;
+  ) {
+    this.endpoints = settings.endpoints;
+    this.active = this.endpoints[0];
+    if (settings.replicas !== undefined) {
+      this.replicas = new ReplicaList(settings.replicas, settings.replicasTls, (endpoints) =>
+        this.setEndpoints(endpoints),
+      );
+    }
   }
 
-  private client(index: number): grpc.Client {
-    let client = this.clients.get(index);
+  /** The gateway address currently in use (with `consul://`, before Consul answered: the
+   * `consul://AGENT/SERVICE` address). */
+  get address(): string {
+    return this.active?.target ?? this.settings.replicas?.describe() ?? "";
+  }
+
+  /** A new list of gateways (from Consul); the active one stays while it is listed. */
+  setEndpoints(endpoints: readonly Endpoint[]): void {
+    this.endpoints = endpoints;
+    const active = this.active;
+    if (active === undefined || !endpoints.some((e) => key(e) === key(active))) this.active = endpoints[0];
+  }
+
+  /** The active gateway (with `consul://`: once Consul listed at least one). */
+  private async endpoint(signal?: AbortSignal): Promise<Endpoint> {
+    if (this.closed) throw new Cancelled("the client is closed");
+    if (this.replicas !== undefined && this.active === undefined) await this.replicas.ready(signal);
+    if (this.active === undefined) throw new LatchkeyError("the client has no gateway address");
+    return this.active;
+  }
+
+  private client(endpoint: Endpoint): grpc.Client {
+    const id = key(endpoint);
+    let client = this.clients.get(id);
     if (client === undefined) {
       if (this.closed) throw new Cancelled("the client is closed");
-      const endpoint = this.settings.endpoints[index]!;
       const { cacert, clientKey, clientCert } = this.settings;
       const credentials = endpoint.tls
         ? grpc.credentials.createSsl(cacert ?? null, clientKey ?? null, clientCert ?? null)
         : grpc.credentials.createInsecure();
       client = new grpc.Client(endpoint.target, credentials, CHANNEL_OPTIONS);
-      this.clients.set(index, client);
+      this.clients.set(id, client);
     }
     return client;
   }
@@ -126,13 +162,15 @@ export class Transport {
   }
 
   /** Move to the next gateway when the one that failed is still the active one. */
-  failover(failed: number): void {
-    const count = this.settings.endpoints.length;
-    if (this.active === failed && count > 1) this.active = (failed + 1) % count;
+  failover(failed: Endpoint): void {
+    const { endpoints, active } = this;
+    if (active === undefined || key(active) !== key(failed) || endpoints.length === 0) return;
+    const at = endpoints.findIndex((e) => key(e) === key(failed));
+    this.active = endpoints[(at + 1) % endpoints.length]; // it left the list meanwhile: the first
   }
 
   private attempt<Req, Res>(
-    index: number,
+    endpoint: Endpoint,
     method: UnaryMethod<Req, Res>,
     request: Req,
     options: CallOptions,
@@ -145,7 +183,7 @@ export class Transport {
       }
       const deadline = Date.now() + (options.timeoutMs ?? this.settings.timeoutMs);
       const onAbort = (): void => call.cancel();
-      const call = this.client(index).makeUnaryRequest(
+      const call = this.client(endpoint).makeUnaryRequest(
         method.path,
         method.requestSerialize,
         method.responseDeserialize,
@@ -168,25 +206,31 @@ export class Transport {
     const deadline = performance.now() + this.settings.retryDeadlineMs;
     const { signal } = options;
     for (let attempt = 0; ; attempt++) {
-      const index = this.active;
+      let endpoint: Endpoint | undefined;
       let error: LatchkeyError;
       try {
-        return await this.attempt(index, method, request, options);
+        endpoint = await this.endpoint(signal); // with consul://: Unavailable until one is listed
+        return await this.attempt(endpoint, method, request, options);
       } catch (err) {
         error = translate(err);
       }
       if (signal?.aborted || !isRetryable(error)) throw error;
-      this.failover(index);
+      if (endpoint !== undefined) this.failover(endpoint);
       const wait = this.backoff.delayMs(attempt, error.retryAfterMs);
       if (performance.now() + wait > deadline) throw error;
       if (!(await sleep(wait, signal))) throw aborted(signal!);
     }
   }
 
-  /** Open a server stream on the active gateway; returns it with the gateway's index. */
-  stream<Req, Res>(method: StreamMethod<Req, Res>, request: Req): { stream: Stream<Res>; index: number } {
-    const index = this.active;
-    const call = this.client(index).makeServerStreamRequest(
+  /** Open a server stream on the active gateway (with `consul://`: once Consul listed one);
+   * returns it with the gateway. */
+  async stream<Req, Res>(
+    method: StreamMethod<Req, Res>,
+    request: Req,
+    signal?: AbortSignal,
+  ): Promise<{ stream: Stream<Res>; gateway: Endpoint }> {
+    const gateway = await this.endpoint(signal);
+    const call = this.client(gateway).makeServerStreamRequest(
       method.path,
       method.requestSerialize,
       method.responseDeserialize,
@@ -194,13 +238,15 @@ export class Transport {
       this.metadata(),
       {},
     );
-    return { stream: new Stream(call), index };
+    return { stream: new Stream(call), gateway };
   }
 
-  /** Close every channel; calls in flight end with `Cancelled`. */
-  close(): void {
+  /** Stop the Consul query (if any) and close every channel; calls in flight end with
+   * `Cancelled`. */
+  async close(): Promise<void> {
     this.closed = true;
     for (const client of this.clients.values()) client.close();
     this.clients.clear();
+    await this.replicas?.close();
   }
 }

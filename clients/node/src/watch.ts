@@ -8,6 +8,7 @@ import { EventEmitter } from "node:events";
 import { Cancelled, DeadlineExceeded, LatchkeyError, ResourceExhausted } from "./errors.js";
 import type { StreamStatus } from "./models.js";
 import { Backoff, isRetryable, sleep } from "./retry.js";
+import type { Endpoint } from "./settings.js";
 import { type Stream, translate } from "./transport.js";
 
 /** How long `watch()` waits for the first event before it gives up. */
@@ -18,15 +19,16 @@ export const ITERATOR_LIMIT = 1_024;
 /** What a `StreamLoop` needs from its owner. */
 export interface LoopHooks<M> {
   readonly name: string;
-  /** Open the stream on the active gateway (resuming where the owner left off). */
-  open(): { stream: Stream<M>; index: number };
+  /** Open the stream on the active gateway (resuming where the owner left off); `signal` aborts
+   * the wait for a gateway (with `consul://`, Consul's first answer). */
+  open(signal: AbortSignal): Promise<{ stream: Stream<M>; gateway: Endpoint }>;
   /** Handle one message; the next is read only after the returned promise settles. */
   onMessage(message: M): Promise<void> | void;
   onStatus(status: StreamStatus): void;
   /** A failure the application should hear about (the loop goes on). */
   onError(error: Error): void;
-  /** Move to the next gateway after the one at `index` failed. */
-  failover(index: number): void;
+  /** Move to the next gateway after `gateway` failed. */
+  failover(gateway: Endpoint): void;
   /** The gateway address now in use. */
   address(): string;
 }
@@ -93,12 +95,16 @@ export class StreamLoop<M> {
     let attempt = 0;
     let down = false;
     while (!this.stopped) {
-      let index = -1;
+      let gateway: Endpoint | undefined;
       let error: LatchkeyError | null = null;
       try {
-        const opened = this.hooks.open();
-        index = opened.index;
+        const opened = await this.hooks.open(this.stop.signal);
+        gateway = opened.gateway;
         this.stream = opened.stream;
+        if (this.stopped) {
+          opened.stream.cancel(); // closed while it opened
+          return;
+        }
         for await (const message of opened.stream) {
           if (this.stopped) return;
           if (down) {
@@ -121,7 +127,7 @@ export class StreamLoop<M> {
         this.hooks.onError(error);
       }
       this.lastError = error;
-      if (index >= 0) this.hooks.failover(index);
+      if (gateway !== undefined) this.hooks.failover(gateway);
       if (!down) {
         down = true;
         const detail = error !== null ? error.message : "the stream ended";

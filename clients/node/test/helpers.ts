@@ -172,6 +172,8 @@ export interface GatewayOptions {
   vaultAddr?: string;
   /** Where the gateway looks for Consul (e.g. a `Relay` to it). */
   consulAddr?: string;
+  /** The Consul service it registers as (default `latchkey`). */
+  service?: string;
 }
 
 /** A `latchkey-server serve` process on a fixed port (so it can be restarted on it). */
@@ -194,6 +196,7 @@ export class GatewayProcess {
     if (options.graceSeconds !== undefined) config.leases.grace = options.graceSeconds;
     if (options.vaultAddr !== undefined) config.vault.addr = options.vaultAddr;
     if (options.consulAddr !== undefined) config.consul.addr = options.consulAddr;
+    if (options.service !== undefined) config.replica.service = options.service;
     if (options.mtls) {
       const tls = stack.tlsDir;
       config.insecure = false;
@@ -266,6 +269,16 @@ export class GatewayProcess {
     const killer = setTimeout(() => child.kill("SIGKILL"), 20_000);
     await exited;
     clearTimeout(killer);
+  }
+
+  /** SIGKILL (a crash: nothing deregistered or revoked) and wait for the exit. */
+  async kill(): Promise<void> {
+    const child = this.child;
+    this.child = null;
+    if (child === null || child.exitCode !== null) return;
+    const exited = once(child, "exit");
+    child.kill("SIGKILL");
+    await exited;
   }
 
   logTail(): string {

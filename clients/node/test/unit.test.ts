@@ -14,6 +14,7 @@ import * as grpc from "@grpc/grpc-js";
 import * as sdk from "@latchkey/client";
 import {
   Cancelled,
+  Client,
   ConfigurationError,
   DatabaseCredentials,
   Internal,
@@ -28,6 +29,7 @@ import {
 import { UpstreamState } from "#internal/gen/latchkey/v1/common.js";
 import { ChangeType, ConfigEvent as PbConfigEvent } from "#internal/gen/latchkey/v1/config.js";
 import { CredentialEvent } from "#internal/gen/latchkey/v1/secrets.js";
+import { ConsulReplicas, parse as parseConsul, targets } from "#internal/consul.js";
 import { Backoff } from "#internal/retry.js";
 import { resolveSettings } from "#internal/settings.js";
 import { translate } from "#internal/transport.js";
@@ -69,7 +71,7 @@ describe("settings", () => {
   test("mistakes are ConfigurationErrors that say what to fix", () => {
     assert.throws(() => resolveSettings({ env: {} }), /LATCHKEY_ADDR/);
     assert.throws(() => resolveSettings({ addr: " , ", env: {} }), ConfigurationError);
-    assert.throws(() => resolveSettings({ addr: "consul://agent/latchkey", env: {} }), /unsupported address/);
+    assert.throws(() => resolveSettings({ addr: "dns://agent/latchkey", env: {} }), /unsupported address/);
     assert.throws(() => resolveSettings({ addr: "gateway", env: {} }), /no port/);
     assert.throws(() => resolveSettings({ addr: "h:1", clientCert: pem, env: {} }), /needs its key/);
     assert.throws(() => resolveSettings({ addr: "h:1", cacert: join(dir, "missing.pem"), env: {} }), /ENOENT/);
@@ -80,6 +82,91 @@ describe("settings", () => {
     const s = resolveSettings({ addr: "h:1", clientCert: Buffer.from("c"), clientKey: Buffer.from("k"), env: {} });
     assert.equal(s.clientCert?.toString(), "c");
     assert.equal(s.clientKey?.toString(), "k");
+  });
+});
+
+describe("consul:// addresses", () => {
+  test("an agent and a service; port 8500 by default", () => {
+    const found = parseConsul("consul://10.0.0.5:8500/latchkey");
+    assert.deepEqual(
+      [found.agent, found.service, found.https, found.datacenter, found.tag, found.token],
+      ["10.0.0.5:8500", "latchkey", false, "", "", undefined],
+    );
+    assert.equal(parseConsul("consul://consul.internal/gw").agent, "consul.internal:8500");
+    assert.equal(parseConsul("consul://[::1]/gw").agent, "[::1]:8500");
+    assert.equal(parseConsul(" consul://[fd00::2]:8501/gw/ ").agent, "[fd00::2]:8501");
+    assert.equal(found.describe(), "consul://10.0.0.5:8500/latchkey");
+  });
+
+  test("scheme, datacenter and tag come from the query", () => {
+    const found = parseConsul("consul://c:8501/latchkey?scheme=https&dc=eu1&tag=blue");
+    assert.deepEqual([found.https, found.datacenter, found.tag], [true, "eu1", "blue"]);
+  });
+
+  test("a bad address says what to write", () => {
+    const cases: [string, RegExp][] = [
+      ["consul://127.0.0.1:8500", /not a Consul address: write consul:\/\/AGENT\/SERVICE/],
+      ["consul://127.0.0.1:8500/a/b", /consul:\/\/AGENT\/SERVICE/],
+      ["consul://127.0.0.1:99999/latchkey", /consul:\/\/AGENT\/SERVICE/],
+      ["consul://tok@127.0.0.1:8500/latchkey", /the Consul token goes in LATCHKEY_CONSUL_TOKEN/],
+      ["consul://127.0.0.1:8500/latchkey?token=x", /\["token"\].*take scheme \(http or https\), dc and tag/],
+      ["consul://127.0.0.1:8500/latchkey?scheme=ftp", /scheme="ftp" .*use http or https/],
+    ];
+    for (const [addr, says] of cases) {
+      assert.throws(() => parseConsul(addr), (err: Error) => err instanceof ConfigurationError && says.test(err.message));
+    }
+  });
+
+  test("settings take the token from LATCHKEY_CONSUL_TOKEN only, and keep it out of logs", () => {
+    const settings = resolveSettings({
+      addr: "consul://127.0.0.1:8500/latchkey",
+      env: { LATCHKEY_CONSUL_TOKEN: "acl-secret" },
+    });
+    assert.deepEqual(settings.endpoints, []);
+    assert.ok(settings.replicas instanceof ConsulReplicas);
+    assert.equal(settings.replicas.token, "acl-secret");
+    assert.ok(!inspect(settings, { depth: 5 }).includes("acl-secret"));
+    assert.ok(!JSON.stringify(settings).includes("acl-secret"));
+    assert.equal(settings.replicasTls, true); // like a bare host:port
+    const fromEnv = resolveSettings({ insecure: true, env: { LATCHKEY_ADDR: "consul://c/gw" } });
+    assert.equal(fromEnv.replicas?.describe(), "consul://c:8500/gw");
+    assert.equal(fromEnv.replicasTls, false);
+  });
+
+  test("a consul:// address stands alone; a static list keeps working", () => {
+    for (const addr of ["consul://127.0.0.1:8500/latchkey,127.0.0.1:7400", ["consul://c/latchkey", "h:1"]]) {
+      assert.throws(() => resolveSettings({ addr, env: {} }), /a consul:\/\/ address stands alone/);
+    }
+    const settings = resolveSettings({ addr: "a:7400, b:7400", env: {} });
+    assert.deepEqual(
+      settings.endpoints.map((e) => e.target),
+      ["a:7400", "b:7400"],
+    );
+    assert.equal(settings.replicas, undefined);
+  });
+
+  test("targets: the service's address, else its node's; sorted, IPv6 in brackets", () => {
+    const body = [
+      { Node: { Address: "10.0.0.1" }, Service: { Address: "", Port: 7400 } },
+      { Node: { Address: "10.0.0.2" }, Service: { Address: "10.1.0.9", Port: 7401 } },
+      { Node: { Address: "10.0.0.3" }, Service: { Address: "fd00::1", Port: 7400 } },
+      { Node: { Address: "10.0.0.4" }, Service: { Address: "x", Port: 0 } }, // no port
+      { Node: { Address: "10.0.0.1" }, Service: { Port: 7400 } }, // a duplicate
+      { Node: {}, Service: { Port: 7402 } }, // no address at all
+      "not an entry",
+    ];
+    assert.deepEqual(targets(body), ["10.0.0.1:7400", "10.1.0.9:7401", "[fd00::1]:7400"]);
+    assert.deepEqual(targets([]), []);
+    assert.throws(
+      () => targets({ error: "x" }),
+      (err: Error) => err instanceof Unavailable && /unexpected health answer/.test(err.message),
+    );
+  });
+
+  test("a client names where it finds the gateways and does no I/O until used", async () => {
+    const client = new Client({ addr: "consul://127.0.0.1:1/latchkey", token: "t", env: {} });
+    assert.equal(client.address, "consul://127.0.0.1:1/latchkey");
+    await client.close();
   });
 });
 
