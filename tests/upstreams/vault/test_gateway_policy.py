@@ -37,7 +37,8 @@ from tests.fixtures.vault import VaultDatabase, VaultServer
 from tests.upstreams.vault.conftest import token_with_policy
 
 OPERATIONS = (
-    "kv_read", "role_read", "mount_read", "creds", "lease_renew", "lease_lookup", "lease_revoke",
+    "kv_read", "kv_metadata", "role_read", "mount_read", "creds", "lease_renew", "lease_lookup",
+    "lease_revoke",
 )  # fmt: skip
 POLICY_LINES = [line for line in GATEWAY_POLICY_HCL.splitlines() if line.startswith("path ")]
 # What the gateway's tokens get from Vault's `default` policy and the gateway uses: looking up,
@@ -66,6 +67,8 @@ async def gateway_calls(vault: VaultServer, token: str) -> tuple[set[str], Issue
             await adapter.read_kv("secret", DEMO_SECRET_PATH)
         with contextlib.suppress(LatchkeyError):
             await adapter.read_kv("secret", DEMO_SECRET_PATH, 1)
+        with contextlib.suppress(LatchkeyError):  # Secrets.WatchSecret's poll
+            await adapter.kv_current_version("secret", DEMO_SECRET_PATH)
         await adapter.role_max_ttl("database", DEMO_ROLE)  # falls back on refusals
         with contextlib.suppress(LatchkeyError):
             issued = await adapter.issue_credentials("database", DEMO_ROLE)
