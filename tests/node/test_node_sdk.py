@@ -132,6 +132,9 @@ async def test_node_sdk(
         "LATCHKEY_TEST_ADDR": f"http://{gateway.addr}",
         "LATCHKEY_TEST_TOKEN": gateway.tokens["app"],
         "LATCHKEY_TEST_CONSUL": consul_agent.http_addr,
+        # Vault's root token, for tests that write new secret versions (secrets.watch).
+        "LATCHKEY_TEST_VAULT_ADDR": gateway.vault_addr,
+        "LATCHKEY_TEST_VAULT_TOKEN": gateway.vault_root_token,
         "LATCHKEY_TEST_PG_HOST": "127.0.0.1",
         "LATCHKEY_TEST_PG_PORT": str(postgres.port),
         "LATCHKEY_TEST_PG_DATABASE": "demo",

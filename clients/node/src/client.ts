@@ -62,7 +62,12 @@ export class Client {
 
   /** Close every watch (releasing held leases) and channel. */
   async close(): Promise<void> {
-    await Promise.all([this.config.closeAll(), this.services.closeAll(), this.database.closeAll()]);
+    await Promise.all([
+      this.config.closeAll(),
+      this.services.closeAll(),
+      this.database.closeAll(),
+      this.secrets.closeAll(),
+    ]);
     await this.transport.close();
   }
 

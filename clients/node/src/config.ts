@@ -6,7 +6,7 @@ import * as convert from "./convert.js";
 import * as pb from "./gen/latchkey/v1/config.js";
 import type { ConfigEntry, ConfigEvent, StreamStatus } from "./models.js";
 import type { CallOptions, Transport } from "./transport.js";
-import { fieldValues, ConfigView } from "./views.js";
+import { ConfigView, fieldValues, mergeLayers, nest } from "./views.js";
 import { LiveStream, type StatusEventName, StreamLoop } from "./watch.js";
 
 /** Options of `config.watch` and `config.bind`. */
@@ -87,16 +87,31 @@ export class ConfigWatch extends LiveStream<ConfigEvent> {
  * throws, or any schema with a `parse` method (a zod schema, for instance). */
 export type Validator<T> = ((raw: Record<string, unknown>) => T) | { parse(raw: unknown): T };
 
+function checkValidator(validator: unknown): void {
+  const ok =
+    typeof validator === "function" ||
+    (typeof validator === "object" && validator !== null && typeof (validator as { parse?: unknown }).parse === "function");
+  if (!ok) throw new TypeError("bind needs a validator: a function that returns the value or throws, or a schema with parse (zod)");
+}
+
 function validate<T>(validator: Validator<T>, raw: Record<string, unknown>): T {
   return typeof validator === "function" ? validator(raw) : validator.parse(raw);
 }
 
+/** The fields a schema declares, when it says (a zod object's `shape`): a flat field such as
+ * `database__host` then takes the key `database/host` whole instead of nesting it. */
+function declaredFields(validator: Validator<unknown>): Set<string> {
+  const shape = (validator as { shape?: unknown }).shape;
+  return new Set(typeof shape === "object" && shape !== null ? Object.keys(shape) : []);
+}
+
 /**
- * A typed value that follows the keys under a prefix. `value` is always the last value that
- * passed validation; an update that fails keeps it and is reported as `error`.
+ * A typed value that follows the keys under one or more prefixes. `value` is always the last
+ * value that passed validation; an update that fails keeps it and is reported as `error`.
  *
  * Events: `update` (the new value and the previous one), `error` (a validation failure; without
- * a listener it becomes a process warning), and the watch's `status` events.
+ * a listener it becomes a process warning), and the watches' `status` events (one per prefix
+ * watched).
  */
 export interface Binding<T> {
   on(event: "update", listener: (value: T, previous: T) => void): this;
@@ -108,22 +123,29 @@ export interface Binding<T> {
 }
 
 export class Binding<T> extends EventEmitter {
+  /** The prefixes followed, comma-separated (one for the single-prefix form). */
+  readonly prefix: string;
   private last: T;
 
   /** @internal */
   constructor(
-    readonly prefix: string,
-    private readonly watch: ConfigWatch,
+    /** The prefixes followed, later ones overriding earlier ones. */
+    readonly prefixes: readonly string[],
+    private readonly watches: readonly ConfigWatch[],
+    private readonly values: () => Record<string, unknown>,
     private readonly validator: Validator<T>,
     first: T,
   ) {
     super();
+    this.prefix = prefixes.join(", ");
     this.last = first;
-    watch.on("change", (event) => this.update(event));
-    for (const name of ["status", "stale", "fresh", "unreachable", "reconnect"] as const) {
-      watch.on(name, (status) => this.emit(name, status));
+    for (const watch of watches) {
+      watch.on("change", () => this.update());
+      for (const name of ["status", "stale", "fresh", "unreachable", "reconnect"] as const) {
+        watch.on(name, (status) => this.emit(name, status));
+      }
+      watch.on("error", (error) => this.report(error));
     }
-    watch.on("error", (error) => this.report(error));
   }
 
   /** The last valid value. */
@@ -131,10 +153,10 @@ export class Binding<T> extends EventEmitter {
     return this.last;
   }
 
-  private update(event: ConfigEvent): void {
+  private update(): void {
     let next: T;
     try {
-      next = validate(this.validator, fieldValues(this.prefix, event.entries));
+      next = validate(this.validator, this.values());
     } catch (error) {
       this.report(error);
       return;
@@ -154,7 +176,7 @@ export class Binding<T> extends EventEmitter {
 
   /** Stop following the keys. */
   async close(): Promise<void> {
-    await this.watch.close();
+    await Promise.all(this.watches.map((w) => w.close()));
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -204,21 +226,63 @@ export class Config {
   }
 
   /**
-   * A typed value that follows the keys under `prefix`. Keys map to fields by their path below
-   * the prefix (`<prefix>/pool_size` → `pool_size`); values are decoded as JSON when they parse,
-   * else used as text. The first snapshot must validate (else the call rejects with the
-   * validator's error); later invalid updates keep the last good value and emit `error`.
+   * A typed value that follows the keys under one or more prefixes (layers):
+   * `bind(Settings, "config/myapp/", "config/myapp/env/production/")`. Later prefixes override
+   * earlier ones key by key, and every prefix is watched. Key paths nest: below its prefix
+   * `database/host` becomes `{ database: { host } }` (`-` read as `_`; a flat field a zod object
+   * declares, `database__host`, takes the path whole). Values are decoded as JSON when they
+   * parse, else used as text. A trailing `{ signal }` closes the binding when it aborts.
+   *
+   * `bind(prefix, validator, options?)`, the single-prefix form, maps paths flat instead:
+   * `<prefix>/pool_size` → `pool_size`, `database/host` → `database__host`.
+   *
+   * The first value must validate (else the call rejects with the validator's error); later
+   * invalid updates keep the last good value and emit `error`.
    */
-  async bind<T>(prefix: string, validator: Validator<T>, options: WatchOptions = {}): Promise<Binding<T>> {
-    const watch = await this.watch(prefix, options);
-    let first: T;
+  bind<T>(prefix: string, validator: Validator<T>, options?: WatchOptions): Promise<Binding<T>>;
+  bind<T>(validator: Validator<T>, ...prefixes: [string, ...string[]]): Promise<Binding<T>>;
+  bind<T>(validator: Validator<T>, ...prefixesThenOptions: [string, ...string[], WatchOptions]): Promise<Binding<T>>;
+  async bind<T>(first: string | Validator<T>, ...rest: unknown[]): Promise<Binding<T>> {
+    if (typeof first === "string") {
+      const [validator, options] = rest as [Validator<T>, WatchOptions | undefined];
+      checkValidator(validator);
+      const prefix = first;
+      return this.layered([prefix], validator, options ?? {}, (watches) => fieldValues(prefix, watches[0]!.entries));
+    }
+    checkValidator(first);
+    const options = typeof rest[rest.length - 1] === "object" && rest.length > 0 ? (rest.pop() as WatchOptions) : {};
+    if (rest.length === 0 || !rest.every((p) => typeof p === "string")) {
+      throw new TypeError(
+        'bind takes a validator and one or more prefixes: bind(Settings, "config/myapp/", "config/myapp/env/production/")',
+      );
+    }
+    const prefixes = rest as string[];
+    const declared = declaredFields(first);
+    return this.layered(prefixes, first, options, (watches) =>
+      nest(
+        mergeLayers(watches.map((w) => ({ prefix: w.prefix, entries: w.entries }))),
+        declared,
+      ),
+    );
+  }
+
+  private async layered<T>(
+    prefixes: readonly string[],
+    validator: Validator<T>,
+    options: WatchOptions,
+    values: (watches: readonly ConfigWatch[]) => Record<string, unknown>,
+  ): Promise<Binding<T>> {
+    const started = await Promise.allSettled(prefixes.map((p) => this.watch(p, options)));
+    const watches = started.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
     try {
-      first = validate(validator, fieldValues(prefix, watch.entries));
+      const failed = started.find((r) => r.status === "rejected");
+      if (failed !== undefined) throw failed.reason;
+      const first = validate(validator, values(watches));
+      return new Binding(prefixes, watches, () => values(watches), validator, first);
     } catch (error) {
-      await watch.close();
+      await Promise.all(watches.map((w) => w.close()));
       throw error;
     }
-    return new Binding(prefix, watch, validator, first);
   }
 
   /** @internal Close every watch and binding. */

@@ -141,6 +141,66 @@ export function instance(i: discoveryPb.Instance): m.Instance {
   };
 }
 
+/** What `services.register` asks for: the checks named (one per target given). */
+export interface RegisterFields {
+  readonly id: string;
+  readonly port: number;
+  readonly address?: string | undefined;
+  readonly tags?: readonly string[] | undefined;
+  readonly meta?: Readonly<Record<string, string>> | undefined;
+  readonly httpCheck?: string | undefined;
+  readonly tcpCheck?: string | undefined;
+  readonly grpcCheck?: string | undefined;
+  readonly interval?: string | undefined;
+  readonly timeout?: string | undefined;
+  readonly deregisterAfter?: string | undefined;
+  readonly ttl?: boolean | undefined;
+}
+
+export function registerRequest(service: string, f: RegisterFields): discoveryPb.RegisterRequest {
+  const targets = [
+    ["http", f.httpCheck],
+    ["tcp", f.tcpCheck],
+    ["grpc", f.grpcCheck],
+  ] as const;
+  const checks: discoveryPb.ServiceCheck[] = [];
+  for (const [kind, value] of targets) {
+    if (!value) continue;
+    checks.push(
+      discoveryPb.ServiceCheck.fromPartial({
+        target: { $case: kind, value },
+        interval: f.interval ?? "",
+        timeout: f.timeout ?? "",
+        deregisterCriticalAfter: f.deregisterAfter ?? "",
+      }),
+    );
+  }
+  return discoveryPb.RegisterRequest.fromPartial({
+    service,
+    id: f.id,
+    address: f.address ?? "",
+    port: f.port,
+    tags: [...(f.tags ?? [])],
+    meta: { ...(f.meta ?? {}) },
+    checks,
+    ttlCheck: f.ttl ?? false,
+  });
+}
+
+export function registrationHealth(instanceId: string, h: discoveryPb.InstanceHealth): m.RegistrationHealth {
+  return {
+    instanceId,
+    status: HEALTH.get(h.status) ?? "unknown",
+    checks: h.checks.map((c) => ({
+      checkId: c.checkId,
+      name: c.name,
+      status: HEALTH.get(c.status) ?? "unknown",
+      output: c.output,
+    })),
+    freshness: freshness(h.freshness),
+  };
+}
+
 // ---------------------------------------------------------------- gateway
 
 export function status(resp: gatewayPb.StatusResponse, address: string): m.GatewayStatus {

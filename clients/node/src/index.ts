@@ -33,6 +33,7 @@ export {
   Unavailable,
 } from "./errors.js";
 export {
+  type CheckState,
   type ConfigChange,
   type ConfigEntry,
   type ConfigEvent,
@@ -43,6 +44,7 @@ export {
   type HealthStatus,
   type Instance,
   type LeaseInfo,
+  type RegistrationHealth,
   type RenewedLease,
   Secret,
   type ServiceEvent,
@@ -50,8 +52,15 @@ export {
   type UpstreamState,
   type UpstreamStatus,
 } from "./models.js";
-export { Database, Leases, type RotateListener, RotatingCredentials, Secrets } from "./secrets.js";
-export { type PickStrategy, type ServiceQuery, Services, ServiceWatch } from "./services.js";
+export { Database, Leases, type RotateListener, RotatingCredentials, Secrets, WatchedSecret } from "./secrets.js";
+export {
+  type PickStrategy,
+  type RegisterOptions,
+  Registration,
+  type ServiceQuery,
+  Services,
+  ServiceWatch,
+} from "./services.js";
 export { type ClientOptions, type ClientSettings, type Endpoint, type PemSource } from "./settings.js";
 export type { CallOptions } from "./transport.js";
 export type { StatusEventName } from "./watch.js";

@@ -177,6 +177,24 @@ export interface ServiceEvent {
   readonly freshness: Freshness;
 }
 
+/** One check of a registered instance, as Consul reports it. */
+export interface CheckState {
+  readonly checkId: string;
+  readonly name: string;
+  readonly status: HealthStatus;
+  /** The check's last output (for HTTP checks, the response line). */
+  readonly output: string;
+}
+
+/** Delivered by a registration: the instance's checks whenever a status changes. */
+export interface RegistrationHealth {
+  readonly instanceId: string;
+  /** The worst status among the checks. */
+  readonly status: HealthStatus;
+  readonly checks: readonly CheckState[];
+  readonly freshness: Freshness;
+}
+
 /**
  * A change in a stream's health, delivered between data events.
  *

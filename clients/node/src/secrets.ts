@@ -4,15 +4,115 @@
 import * as convert from "./convert.js";
 import { LatchkeyError } from "./errors.js";
 import * as pb from "./gen/latchkey/v1/secrets.js";
-import type { DatabaseCredentials, LeaseInfo, RenewedLease, Secret, StreamStatus } from "./models.js";
+import { type DatabaseCredentials, type LeaseInfo, type RenewedLease, Secret, type StreamStatus } from "./models.js";
 import type { CallOptions, Transport } from "./transport.js";
-import { CredentialView, type Rotation } from "./views.js";
+import { CredentialView, type Rotation, SecretView } from "./views.js";
 import { LiveStream, type StatusEventName, StreamLoop } from "./watch.js";
 
-/** `client.secrets`: static KV v2 secrets. */
+/**
+ * A KV v2 secret kept current: `current` always holds its latest version.
+ *
+ * The gateway polls the secret's version (`vault.kv_watch_interval`, 15 s by default) and pushes
+ * each new version; this object switches `current` to it and emits `change`. While Vault cannot
+ * be read `current` keeps the last version and the watch emits `stale` (then `fresh`). After a
+ * reconnect it carries on; a version it already has is not reported again. `close()` ends the
+ * stream.
+ *
+ * Events: `change` (the new version and the previous one), `status` and `stale` / `fresh` /
+ * `unreachable` / `reconnect` (a `StreamStatus`), `error`, `close`.
+ */
+export interface WatchedSecret {
+  on(event: "change", listener: (secret: Secret, previous: Secret) => void): this;
+  on(event: "status" | StatusEventName, listener: (status: StreamStatus) => void): this;
+  on(event: "error", listener: (error: Error) => void): this;
+  on(event: "close", listener: () => void): this;
+  once(event: "change", listener: (secret: Secret, previous: Secret) => void): this;
+  once(event: "status" | StatusEventName, listener: (status: StreamStatus) => void): this;
+  once(event: "error", listener: (error: Error) => void): this;
+  once(event: "close", listener: () => void): this;
+}
+
+export class WatchedSecret extends LiveStream<Secret> {
+  protected readonly loop: StreamLoop<pb.SecretEvent>;
+  private readonly view = new SecretView();
+  /** How many times the version changed since the watch started. */
+  changes = 0;
+
+  /** @internal */
+  constructor(
+    transport: Transport,
+    readonly path: string,
+    readonly mount: string,
+  ) {
+    super(`secret watch ${mount}/${path}`);
+    this.loop = new StreamLoop<pb.SecretEvent>({
+      name: this.name,
+      open: (signal) =>
+        transport.stream(pb.SecretsService.watchSecret, pb.WatchSecretRequest.fromPartial({ path, mount }), signal),
+      onMessage: (message) => this.onMessage(message),
+      onStatus: (status) => this.publishStatus(status),
+      onError: (error) => this.reportError(error),
+      failover: (gateway) => transport.failover(gateway),
+      address: () => transport.address,
+    });
+  }
+
+  /** The secret's latest version (set once `watch()` has resolved). */
+  get current(): Secret {
+    if (this.view.current === null) throw new LatchkeyError("the secret watch has not started");
+    return this.view.current;
+  }
+
+  protected initial(): Secret | null {
+    return this.view.current;
+  }
+
+  private onMessage(message: pb.SecretEvent): void {
+    const previous = this.view.current;
+    for (const item of this.view.apply(message)) {
+      if (!(item instanceof Secret)) this.publishStatus(item);
+      else if (previous !== null) {
+        this.changes += 1;
+        for (const queue of this.iterators) queue.push(item);
+        this.safeEmit("change", item, previous);
+      }
+    }
+  }
+}
+
+/** `client.secrets`: static KV v2 secrets, read once or watched. */
 export class Secrets {
+  private readonly open = new Set<WatchedSecret>();
+
   /** @internal */
   constructor(private readonly transport: Transport) {}
+
+  /**
+   * A secret kept current across new versions (`watched.current`, `change` events). Resolves
+   * once the first version arrived; rejects with `NotFound` when the secret does not exist. The
+   * stream reconnects on its own. Close it (or the client) to stop watching.
+   */
+  async watch(
+    path: string,
+    options: { mount?: string | undefined; signal?: AbortSignal | undefined } = {},
+  ): Promise<WatchedSecret> {
+    const watched = new WatchedSecret(this.transport, path, options.mount ?? "secret");
+    this.open.add(watched);
+    watched.once("close", () => this.open.delete(watched));
+    try {
+      return await watched.start(options.signal);
+    } catch (error) {
+      await watched.close();
+      throw error;
+    }
+  }
+
+  /** @internal Close every secret watch. */
+  async closeAll(): Promise<void> {
+    const all = [...this.open];
+    this.open.clear();
+    await Promise.all(all.map((w) => w.close()));
+  }
 
   /** Read a KV v2 secret (the latest version unless `version` is given). Rejects with
    * `NotFound` when it does not exist. */

@@ -15,6 +15,7 @@ import { Cancelled, Internal, LatchkeyError, statusCodeName } from "./errors.js"
 import { ReplicaList } from "./replicas.js";
 import { Backoff, isRetryable, sleep } from "./retry.js";
 import type { ClientSettings, Endpoint } from "./settings.js";
+import { injectTrace, loadTraceApi, type TraceApi } from "./trace.js";
 
 /** A unary method as the generated service definitions describe it. */
 export interface UnaryMethod<Req, Res> {
@@ -109,6 +110,8 @@ export class Transport {
   constructor(
     readonly settings: ClientSettings,
     private readonly backoff = new Backoff(),
+    /** `@opentelemetry/api` when the application has it: calls carry the active trace context. */
+    private readonly trace: TraceApi | null = loadTraceApi(),
   ) {
     this.endpoints = settings.endpoints;
     this.active = this.endpoints[0];
@@ -155,9 +158,11 @@ export class Transport {
     return client;
   }
 
-  private metadata(): grpc.Metadata {
+  /** @internal The metadata of every call: the token, and the active trace context. */
+  metadata(): grpc.Metadata {
     const metadata = new grpc.Metadata();
     if (this.settings.token) metadata.set("authorization", `Bearer ${this.settings.token}`);
+    injectTrace(metadata, this.trace);
     return metadata;
   }
 

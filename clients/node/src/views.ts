@@ -14,6 +14,8 @@ import type {
   ConfigEvent,
   DatabaseCredentials,
   Freshness,
+  RegistrationHealth,
+  Secret,
   ServiceEvent,
   StreamStatus,
 } from "./models.js";
@@ -139,6 +141,63 @@ export class ServiceView {
   }
 }
 
+/** The latest version of a watched secret. */
+export class SecretView {
+  current: Secret | null = null;
+  private readonly freshness = new FreshnessTracker();
+
+  /** A new version (the first one, or one that differs from the current) and freshness changes;
+   * a version seen again after a reconnect is not reported twice. */
+  apply(msg: secretsPb.SecretEvent): Array<Secret | StreamStatus> {
+    const out: Array<Secret | StreamStatus> = [];
+    let fresh: Freshness;
+    const event = msg.event;
+    if (event?.$case === "version") {
+      const next = convert.secret(event.value);
+      if (this.current === null || next.version !== this.current.version) out.push(next);
+      this.current = next;
+      fresh = next.freshness;
+    } else if (event?.$case === "heartbeat") {
+      fresh = convert.freshness(event.value.freshness);
+    } else {
+      return out;
+    }
+    const status = this.freshness.update(fresh);
+    if (status !== null) out.push(status);
+    return out;
+  }
+}
+
+/** A registration's instance id (kept across reconnects, so that the gateway registers the same
+ * instance again) and its latest health. */
+export class RegistrationView {
+  health: RegistrationHealth | null = null;
+  private readonly freshness = new FreshnessTracker();
+
+  constructor(public instanceId: string) {}
+
+  apply(msg: discoveryPb.RegisterEvent): Array<RegistrationHealth | StreamStatus> {
+    const out: Array<RegistrationHealth | StreamStatus> = [];
+    let fresh: Freshness;
+    const event = msg.event;
+    if (event?.$case === "registered") {
+      this.instanceId = event.value.instanceId;
+      return out;
+    } else if (event?.$case === "health") {
+      this.health = convert.registrationHealth(this.instanceId, event.value);
+      out.push(this.health);
+      fresh = this.health.freshness;
+    } else if (event?.$case === "heartbeat") {
+      fresh = convert.freshness(event.value.freshness);
+    } else {
+      return out;
+    }
+    const status = this.freshness.update(fresh);
+    if (status !== null) out.push(status);
+    return out;
+  }
+}
+
 /** A rotation to switch to and acknowledge. */
 export interface Rotation {
   readonly kind: "rotation";
@@ -236,4 +295,88 @@ export function fieldValues(prefix: string, entries: Readonly<Record<string, Con
     setOwn(values, name, value);
   }
   return values;
+}
+
+function folder(prefix: string): string {
+  return prefix ? prefix.replace(/\/+$/, "") + "/" : "";
+}
+
+function decode(entry: ConfigEntry): unknown {
+  try {
+    return JSON.parse(entry.text);
+  } catch {
+    return entry.text;
+  }
+}
+
+/**
+ * Relative path → decoded value over every layer (prefix and its entries), later layers winning
+ * key by key. A key of an earlier layer that lies under a later layer's prefix
+ * (`config/myapp/env/production/x` under `config/myapp/`) belongs to that later layer only.
+ */
+export function mergeLayers(
+  layers: ReadonlyArray<{ readonly prefix: string; readonly entries: Readonly<Record<string, ConfigEntry>> }>,
+): Map<string, unknown> {
+  const flat = new Map<string, unknown>();
+  layers.forEach(({ prefix, entries }, i) => {
+    const base = folder(prefix);
+    const later = layers
+      .slice(i + 1)
+      .map((l) => folder(l.prefix))
+      .filter((p) => p !== base);
+    for (const [key, entry] of Object.entries(entries)) {
+      if (later.some((p) => key.startsWith(p))) continue;
+      const name = (key.startsWith(base) ? key.slice(base.length) : key).replace(/^\/+|\/+$/g, "");
+      if (!name) continue;
+      flat.delete(name); // a later layer's value takes the key's place
+      flat.set(name, decode(entry));
+    }
+  });
+  return flat;
+}
+
+function isTree(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value) && Object.getPrototypeOf(value) === null;
+}
+
+/**
+ * `database/host` → `{ database: { host } }`, `-` read as `_` in each segment. A field the
+ * schema declares flat (`database__host`, from a zod object's `shape`) takes the whole path
+ * instead. A key that is both a value and a folder keeps the folder (the value goes under `""`,
+ * where validation names it). Objects are built without a prototype-bearing `__proto__` key.
+ */
+export function nest(flat: ReadonlyMap<string, unknown>, declared: ReadonlySet<string> = new Set()): Record<string, unknown> {
+  const tree: Record<string, unknown> = Object.create(null) as Record<string, unknown>;
+  for (const [path, value] of flat) {
+    const segments = path.split("/").map((s) => s.replaceAll("-", "_"));
+    const joined = segments.join("__");
+    if (segments.length > 1 && declared.has(joined)) {
+      setOwn(tree, joined, value);
+      continue;
+    }
+    let node = tree;
+    for (const segment of segments.slice(0, -1)) {
+      const child = Object.hasOwn(node, segment) ? node[segment] : undefined;
+      if (isTree(child)) {
+        node = child;
+        continue;
+      }
+      const made = Object.create(null) as Record<string, unknown>;
+      if (child !== undefined) setOwn(made, "", child);
+      setOwn(node, segment, made);
+      node = made;
+    }
+    const last = segments[segments.length - 1]!;
+    const existing = Object.hasOwn(node, last) ? node[last] : undefined;
+    if (isTree(existing)) setOwn(existing, "", value);
+    else setOwn(node, last, value);
+  }
+  return plain(tree);
+}
+
+/** The tree as ordinary objects (validators such as zod expect plain objects). */
+function plain(tree: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(tree)) setOwn(out, key, isTree(value) ? plain(value) : value);
+  return out;
 }

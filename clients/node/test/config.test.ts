@@ -120,4 +120,52 @@ describe("config", () => {
     await consulKv.put(`${prefix}/port`, "not a number");
     await assert.rejects(client.config.bind(`${prefix}/`, port), TypeError);
   });
+  test("bind over layered prefixes: later prefixes win key by key, paths nest, updates revalidate", async () => {
+    const base = unique("node-layers");
+    const prod = `${base}/env/production`;
+    await consulKv.put(`${base}/log_level`, "info");
+    await consulKv.put(`${base}/database/host`, "db.internal");
+    await consulKv.put(`${base}/database/port`, "5432");
+    await consulKv.put(`${base}/feature-flags`, JSON.stringify({ checkout: false }));
+    await consulKv.put(`${prod}/database/host`, "db.prod.internal");
+    const schema = z.object({
+      log_level: z.enum(["debug", "info", "warn"]),
+      database: z.object({ host: z.string(), port: z.number().int() }),
+      feature_flags: z.record(z.string(), z.boolean()),
+    });
+    const settings = await client.config.bind(schema, `${base}/`, `${prod}/`);
+    try {
+      assert.deepEqual(settings.prefixes, [`${base}/`, `${prod}/`]);
+      // The production layer's key is not read as base's `env/production/...`.
+      assert.deepEqual(settings.value, {
+        log_level: "info",
+        database: { host: "db.prod.internal", port: 5432 },
+        feature_flags: { checkout: false },
+      });
+      const overridden = nextEvent<{ log_level: string }>(settings, "update", (v) => v.log_level === "warn");
+      await consulKv.put(`${prod}/log_level`, "warn");
+      await overridden;
+      const baseChange = nextEvent<{ database: { port: number } }>(settings, "update", (v) => v.database.port === 6432);
+      await consulKv.put(`${base}/database/port`, "6432");
+      assert.equal((await baseChange).database.port, 6432);
+      assert.equal(settings.value.log_level, "warn"); // still the later layer's
+      const fallBack = nextEvent<{ database: { host: string } }>(settings, "update", (v) => v.database.host === "db.internal");
+      await consulKv.delete(`${prod}/database/host`);
+      await fallBack;
+      const rejected = nextEvent<unknown>(settings, "error");
+      await consulKv.put(`${prod}/database/port`, "not a port");
+      assert.ok((await rejected) instanceof z.ZodError);
+      assert.equal(settings.value.database.port, 6432); // the last good value
+    } finally {
+      await settings.close();
+    }
+  });
+
+  test("bind checks its arguments", async () => {
+    const schema = z.object({});
+    // @ts-expect-error: no prefix
+    await assert.rejects(client.config.bind(schema), /one or more prefixes/);
+    // @ts-expect-error: not a validator
+    await assert.rejects(client.config.bind("config/x/", 42), /needs a validator/);
+  });
 });

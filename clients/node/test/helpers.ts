@@ -52,6 +52,10 @@ export const stack = {
   get workdir(): string {
     return need("LATCHKEY_TEST_WORKDIR");
   },
+  /** Vault's address and root token (to write secret versions; the gateway only reads). */
+  get vault(): { addr: string; token: string } {
+    return { addr: need("LATCHKEY_TEST_VAULT_ADDR"), token: need("LATCHKEY_TEST_VAULT_TOKEN") };
+  },
 };
 
 /** A client of the shared gateway (plaintext, token auth). */
@@ -75,6 +79,20 @@ export const consulKv = {
   put: (key: string, value: string): Promise<string> => consul("PUT", `/v1/kv/${key}`, value),
   delete: (key: string): Promise<string> => consul("DELETE", `/v1/kv/${key}`),
 };
+
+/** Write a new version of a KV v2 secret (Vault's HTTP API, as `bao kv put` does); resolves
+ * with the version written. */
+export async function putSecret(path: string, data: Record<string, unknown>, mount = "secret"): Promise<number> {
+  const { addr, token } = stack.vault;
+  const resp = await fetch(`${addr.replace(/\/+$/, "")}/v1/${mount}/data/${path}`, {
+    method: "POST",
+    headers: { "X-Vault-Token": token, "Content-Type": "application/json" },
+    body: JSON.stringify({ data }),
+  });
+  const text = await resp.text();
+  if (!resp.ok) throw new Error(`vault write ${mount}/data/${path}: ${resp.status} ${text}`);
+  return (JSON.parse(text) as { data: { version: number } }).data.version;
+}
 
 /** Register a service instance with a TTL check in the given state. */
 export async function registerService(service: string, n: number, status: "passing" | "critical"): Promise<string> {

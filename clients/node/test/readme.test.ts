@@ -8,7 +8,7 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { after, describe, test } from "node:test";
 
-import { consulKv, stack } from "./helpers.js";
+import { consulKv, eventually, putSecret, stack, testClient } from "./helpers.js";
 
 const README = fileURLToPath(new URL("../../README.md", import.meta.url));
 const SNIPPETS = fileURLToPath(new URL("../readme/", import.meta.url)); // inside the package
@@ -81,7 +81,8 @@ function start(code: string, name: string) {
 describe("README examples", { timeout: 90_000 }, () => {
   test("every js block is one of the programs below", () => {
     const markers = ['secrets.get("myapp/database")', 'services.pick("web")', 'config.watch("config/myapp/")'];
-    markers.push("createPool(creds", "config.bind(", "for await (const event of watch)");
+    markers.push("createPool(creds", 'config.bind("config/myapp/"', "for await (const event of watch)");
+    markers.push('secrets.watch("myapp/database")', 'services.register("myapp"', "config.bind(Settings,");
     assert.equal(blocks.length, markers.length, "a new js block in the README needs a test here");
     for (const marker of markers) block(marker);
   });
@@ -115,12 +116,57 @@ describe("README examples", { timeout: 90_000 }, () => {
   });
 
   test("typed configuration", async () => {
-    const out = await start(block("config.bind("), "bind").run();
+    const out = await start(block('config.bind("config/myapp/"'), "bind").run();
     assert.match(out, /^max_connections: 10$/m);
   });
 
   test("a watch as an async iterator with an AbortSignal", async () => {
     const out = await start(block("for await (const event of watch)"), "iterate").run();
     assert.match(out, /^web: 127\.0\.0\.1:808[12] 127\.0\.0\.1:808[12]$/m);
+  });
+  test("follow a secret's new versions", async () => {
+    const program = start(block('secrets.watch("myapp/database")'), "secret-watch");
+    await program.waitFor(/^watching version \d+$/m);
+    const before = Number(/^watching version (\d+)$/m.exec(program.output())![1]);
+    // The same data as seeded (other tests read it), as a new version.
+    const after = await putSecret("myapp/database", { username: "myapp", password: "node-readme-password" });
+    await program.waitFor(new RegExp(`^version ${before} -> ${after}: reconnect with the new password$`, "m"));
+    assert.equal(await program.exited, 0, program.errors()); // the listener closed the client
+    assert.ok(!program.output().includes("node-readme-password"));
+  });
+
+  test("register this instance", async () => {
+    const client = testClient();
+    const program = start(block('services.register("myapp"'), "register");
+    try {
+      await program.waitFor(/^registered myapp-\S+$/m);
+      const id = /^registered (\S+)$/m.exec(program.output())![1]!;
+      const listed = async (): Promise<boolean> =>
+        client.services.healthy("myapp").then(
+          (instances) => instances.some((i) => i.id === id && i.port === 3000 && i.tags.includes("v1")),
+          () => false, // NotFound: Consul knows no instance of it
+        );
+      await eventually(listed, "the registered instance in services.healthy");
+      program.child.kill("SIGINT"); // the program closes its client: the instance is deregistered
+      assert.equal(await program.exited, 0, program.errors());
+      await eventually(async () => !(await listed()), "the instance to be gone");
+    } finally {
+      await client.close();
+    }
+  });
+
+  test("layered typed configuration", async () => {
+    const keys = {
+      "config/myapp/database/host": "db.internal",
+      "config/myapp/database/port": "5432",
+      "config/myapp/env/production/database/host": "db.prod.internal",
+    };
+    for (const [key, value] of Object.entries(keys)) await consulKv.put(key, value);
+    try {
+      const out = await start(block("config.bind(Settings,"), "bind-layers").run();
+      assert.match(out, /^database db\.prod\.internal:5432, log level (info|debug)$/m);
+    } finally {
+      for (const key of Object.keys(keys)) await consulKv.delete(key);
+    }
   });
 });

@@ -4,9 +4,9 @@ import assert from "node:assert/strict";
 import { inspect } from "node:util";
 import { after, describe, test } from "node:test";
 
-import { Cancelled, Client, NotFound, Unauthenticated, Unavailable } from "@latchkey/client";
+import { Cancelled, Client, NotFound, type Secret, Unauthenticated, Unavailable } from "@latchkey/client";
 
-import { canLogin, eventually, freePort, stack, testClient } from "./helpers.js";
+import { canLogin, eventually, freePort, nextEvent, putSecret, Relay, stack, testClient, unique } from "./helpers.js";
 
 describe("secrets and credentials", () => {
   const client = testClient();
@@ -37,6 +37,69 @@ describe("secrets and credentials", () => {
     assert.ok(err instanceof NotFound);
     assert.equal(err.code, "NOT_FOUND");
     assert.match(err.message, /does-not-exist|not found/i);
+  });
+
+  test("secrets.watch holds the latest version and emits each new one", async () => {
+    const path = unique("node-watched");
+    const first = await putSecret(path, { api_key: "watched-secret-one" });
+    const watched = await client.secrets.watch(path);
+    try {
+      assert.equal(watched.current.version, first);
+      assert.equal(watched.current.data["api_key"], "watched-secret-one");
+      assert.equal(watched.mount, "secret");
+      const changed = nextEvent<Secret>(watched, "change");
+      const second = await putSecret(path, { api_key: "watched-secret-two" });
+      const secret = await changed;
+      assert.equal(secret.version, second);
+      assert.equal(secret.data["api_key"], "watched-secret-two");
+      assert.equal(watched.current, secret);
+      assert.equal(watched.changes, 1);
+      assert.ok(!inspect(watched).includes("watched-secret-two"));
+    } finally {
+      await watched.close();
+    }
+    assert.equal(watched.closed, true);
+  });
+
+  test("secrets.watch of a missing secret rejects with NotFound", async () => {
+    await assert.rejects(client.secrets.watch(unique("node-missing")), NotFound);
+  });
+
+  test("a secret watch reconnects and reports the version written while it was cut off, once", async () => {
+    const path = unique("node-watched-cut");
+    await putSecret(path, { token: "before-cut" });
+    const relay = await Relay.start(stack.addr);
+    const cut = new Client({ addr: `http://127.0.0.1:${relay.port}`, token: stack.token, env: {} });
+    try {
+      const watched = await cut.secrets.watch(path, { mount: "secret" });
+      const versions: number[] = [];
+      watched.on("change", (secret) => versions.push(secret.version));
+      const down = nextEvent(watched, "unreachable");
+      await relay.cut();
+      await down;
+      const written = await putSecret(path, { token: "during-cut" });
+      const back = nextEvent(watched, "reconnect");
+      const changed = nextEvent<Secret>(watched, "change");
+      await relay.listen(); // the same port again
+      await back;
+      assert.equal((await changed).version, written);
+      assert.equal(watched.current.data["token"], "during-cut");
+      // Cut off again with nothing written: the new stream starts with the version the watch
+      // has, which is not reported again; the next version written is (in stream order).
+      const downAgain = nextEvent(watched, "unreachable");
+      await relay.cut();
+      await downAgain;
+      const backAgain = nextEvent(watched, "reconnect");
+      await relay.listen();
+      await backAgain;
+      const next = nextEvent<Secret>(watched, "change");
+      const last = await putSecret(path, { token: "after-cut" });
+      assert.equal((await next).version, last);
+      assert.deepEqual(versions, [written, last]);
+    } finally {
+      await cut.close();
+      await relay.cut();
+    }
   });
 
   test("database.credentials logs in and hides the password; leases lists and revokes", async () => {

@@ -3,9 +3,10 @@
  * test files, against the real gateway.) */
 
 import assert from "node:assert/strict";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { pathToFileURL } from "node:url";
 import { inspect } from "node:util";
 import { describe, test } from "node:test";
 
@@ -28,12 +29,22 @@ import {
 } from "@latchkey/client";
 import { UpstreamState } from "#internal/gen/latchkey/v1/common.js";
 import { ChangeType, ConfigEvent as PbConfigEvent } from "#internal/gen/latchkey/v1/config.js";
-import { CredentialEvent } from "#internal/gen/latchkey/v1/secrets.js";
+import { RegisterEvent, HealthStatus } from "#internal/gen/latchkey/v1/discovery.js";
+import { CredentialEvent, SecretEvent } from "#internal/gen/latchkey/v1/secrets.js";
 import { ConsulReplicas, parse as parseConsul, targets } from "#internal/consul.js";
 import { Backoff } from "#internal/retry.js";
 import { resolveSettings } from "#internal/settings.js";
-import { translate } from "#internal/transport.js";
-import { ConfigView, CredentialView, fieldValues } from "#internal/views.js";
+import { injectTrace, loadTraceApi, type TraceApi } from "#internal/trace.js";
+import { Transport, translate } from "#internal/transport.js";
+import {
+  ConfigView,
+  CredentialView,
+  fieldValues,
+  mergeLayers,
+  nest,
+  RegistrationView,
+  SecretView,
+} from "#internal/views.js";
 import { EventQueue } from "#internal/watch.js";
 
 describe("settings", () => {
@@ -337,6 +348,169 @@ describe("credential view", () => {
   });
 });
 
+describe("layered bindings", () => {
+  const layer = (prefix: string, values: Record<string, string>) => ({
+    prefix,
+    entries: Object.fromEntries(
+      Object.entries(values).map(([k, v]) => [k, { ...entry(k, v, 1n), text: v } as unknown as sdk.ConfigEntry]),
+    ),
+  });
+
+  test("later layers win key by key; a later layer's keys are not read by an earlier one", () => {
+    const flat = mergeLayers([
+      layer("config/app/", {
+        "config/app/db/host": "base",
+        "config/app/db/port": "5432",
+        "config/app/env/prod/db/host": "prod", // under the later prefix: not base's env/prod/...
+      }),
+      layer("config/app/env/prod", { "config/app/env/prod/db/host": "prod", "config/app/env/prod/debug": "true" }),
+    ]);
+    assert.deepEqual(Object.fromEntries(flat), { "db/host": "prod", "db/port": 5432, debug: true });
+  });
+
+  test("nest makes objects of path segments, reads - as _, keeps declared flat fields", () => {
+    const flat = new Map<string, unknown>([
+      ["database/host", "h"],
+      ["database/max-conns", 4],
+      ["cache/ttl", 30],
+      ["log-level", "info"],
+      ["__proto__/polluted", true],
+    ]);
+    const tree = nest(flat, new Set(["cache__ttl"]));
+    const proto = Object.getOwnPropertyDescriptor(tree, "__proto__")?.value as object;
+    assert.deepEqual({ ...proto }, { polluted: true }); // an own key, never the prototype
+    delete tree["__proto__"];
+    assert.deepEqual(JSON.parse(JSON.stringify(tree)), {
+      database: { host: "h", max_conns: 4 },
+      cache__ttl: 30,
+      log_level: "info",
+    });
+    assert.equal(Object.getPrototypeOf(tree), Object.prototype);
+    assert.equal(({} as Record<string, unknown>)["polluted"], undefined);
+  });
+
+  test("a key that is both a value and a folder keeps the folder, the value under \"\"", () => {
+    const tree = nest(
+      new Map<string, unknown>([
+        ["db", "x"],
+        ["db/host", "h"],
+      ]),
+    );
+    assert.deepEqual({ ...(tree["db"] as object) }, { "": "x", host: "h" });
+  });
+});
+
+describe("secret and registration views", () => {
+  const version = (v: number, stale = false) =>
+    SecretEvent.fromPartial({
+      event: {
+        $case: "version",
+        value: { data: { k: `value-${v}` }, metadata: { version: v }, freshness: freshness(stale) },
+      },
+    });
+
+  test("a secret view reports each new version once, and stale/fresh once per change", () => {
+    const view = new SecretView();
+    assert.equal((view.apply(version(1))[0] as sdk.Secret).version, 1);
+    assert.deepEqual(view.apply(version(1)), []); // the same version again (after a reconnect)
+    const next = view.apply(version(2));
+    assert.equal((next[0] as sdk.Secret).data["k"], "value-2");
+    assert.deepEqual(
+      view.apply(SecretEvent.fromPartial({ event: { $case: "heartbeat", value: { freshness: freshness(true) } } })).map(
+        (s) => (s as sdk.StreamStatus).kind,
+      ),
+      ["stale"],
+    );
+    assert.deepEqual(
+      view.apply(version(2)).map((s) => (s as sdk.StreamStatus).kind),
+      ["fresh"],
+    );
+  });
+
+  test("a registration view keeps the id the gateway gave and the latest health", () => {
+    const view = new RegistrationView("");
+    assert.deepEqual(
+      view.apply(RegisterEvent.fromPartial({ event: { $case: "registered", value: { instanceId: "web-1a2b" } } })),
+      [],
+    );
+    assert.equal(view.instanceId, "web-1a2b");
+    const [health] = view.apply(
+      RegisterEvent.fromPartial({
+        event: {
+          $case: "health",
+          value: {
+            status: HealthStatus.HEALTH_STATUS_CRITICAL,
+            checks: [{ checkId: "c", name: "tcp", status: HealthStatus.HEALTH_STATUS_CRITICAL, output: "refused" }],
+            freshness: freshness(false),
+          },
+        },
+      }),
+    );
+    assert.deepEqual(health, {
+      instanceId: "web-1a2b",
+      status: "critical",
+      checks: [{ checkId: "c", name: "tcp", status: "critical", output: "refused" }],
+      freshness: view.health?.freshness,
+    });
+  });
+});
+
+describe("trace propagation", () => {
+  test("the active context goes into the call metadata through the registered propagator", () => {
+    const seen: unknown[] = [];
+    const active = { span: "0af7651916cd43dd8448eb211c80319c" };
+    const stub: TraceApi = {
+      context: { active: () => active },
+      propagation: {
+        inject(context, carrier, setter) {
+          seen.push(context);
+          setter.set(carrier, "traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+        },
+      },
+    };
+    const metadata = new grpc.Metadata();
+    injectTrace(metadata, stub);
+    assert.deepEqual(seen, [active]);
+    assert.deepEqual(metadata.get("traceparent"), ["00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"]);
+  });
+
+  test("without @opentelemetry/api nothing is added; a failing propagator never fails the call", () => {
+    // The SDK does not depend on it, and this package's tests do not install it.
+    assert.equal(loadTraceApi(), null);
+    const metadata = new grpc.Metadata();
+    injectTrace(metadata, null);
+    const throwing: TraceApi = {
+      context: { active: () => ({}) },
+      propagation: {
+        inject() {
+          throw new Error("broken propagator");
+        },
+      },
+    };
+    injectTrace(metadata, throwing);
+    assert.deepEqual(metadata.toJSON(), {});
+  });
+
+  test("a client's calls carry the context of @opentelemetry/api when it resolves", () => {
+    const dir = mkdtempSync(join(tmpdir(), "latchkey-otel-"));
+    const pkg = join(dir, "node_modules", "@opentelemetry", "api");
+    mkdirSync(pkg, { recursive: true });
+    // A stand-in package where the application's would be: resolution, not OpenTelemetry, is tested.
+    writeFileSync(join(pkg, "package.json"), JSON.stringify({ name: "@opentelemetry/api", main: "index.js" }));
+    writeFileSync(
+      join(pkg, "index.js"),
+      "exports.context = { active: () => 'ctx' };\n" +
+        "exports.propagation = { inject: (c, carrier, setter) => setter.set(carrier, 'traceparent', 'from-' + c) };\n",
+    );
+    const api = loadTraceApi(pathToFileURL(join(dir, "app.js")).href);
+    assert.notEqual(api, null);
+    const transport = new Transport(resolveSettings({ addr: "http://127.0.0.1:1", env: {} }), undefined, api);
+    assert.deepEqual(transport.metadata().get("traceparent"), ["from-ctx"]);
+    const plain = new Transport(resolveSettings({ addr: "http://127.0.0.1:1", env: {} }));
+    assert.deepEqual(plain.metadata().get("traceparent"), []);
+  });
+});
+
 describe("values", () => {
   test("a credential's password stays out of inspect and JSON", () => {
     const creds = new DatabaseCredentials({
@@ -385,6 +559,7 @@ test("the public surface", () => {
     "NoHealthyInstances",
     "NotFound",
     "PermissionDenied",
+    "Registration",
     "ResourceExhausted",
     "RotatingCredentials",
     "Secret",
@@ -397,5 +572,6 @@ test("the public surface", () => {
     "Unauthenticated",
     "Unavailable",
     "VERSION",
+    "WatchedSecret",
   ]);
 });
