@@ -58,7 +58,7 @@ fmt: install ## apply ruff's formatting and fixes
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-typecheck: install ## mypy --strict on server/ and clients/python/
+typecheck: install ## mypy --strict on server/, clients/python/ and bench/
 	$(VENV)/bin/mypy
 
 proto: install node-deps ## regenerate the latchkey.v1 stubs (Python and Node) from proto/ (never by hand)

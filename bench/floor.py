@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from bench import raw
 from bench.limits import raise_nofile
 
 SERVICE = "bench.Floor"
@@ -45,16 +46,14 @@ class Floor:
         self._responses: dict[int, bytes] = {}
         self._queues: set[asyncio.Queue[bytes]] = set()
 
-    async def echo(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def echo(self, request: bytes, context: raw.AioContext) -> bytes:
         size = int.from_bytes(request[:4], "big")
         reply = self._responses.get(size)
         if reply is None:
             reply = self._responses[size] = b"x" * size
         return reply
 
-    async def stream(
-        self, request: bytes, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
+    async def stream(self, request: bytes, context: raw.AioContext) -> AsyncIterator[bytes]:
         queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._queues.add(queue)
         try:
@@ -63,12 +62,12 @@ class Floor:
         finally:
             self._queues.discard(queue)
 
-    async def publish(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def publish(self, request: bytes, context: raw.AioContext) -> bytes:
         for queue in self._queues:
             queue.put_nowait(request)
         return len(self._queues).to_bytes(4, "big")
 
-    async def count(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def count(self, request: bytes, context: raw.AioContext) -> bytes:
         return len(self._queues).to_bytes(4, "big")
 
 

@@ -18,6 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench import raw
 from bench.limits import raise_nofile
 from bench.report import percentile
 
@@ -86,7 +87,7 @@ async def _grpc_job(job: _Job) -> tuple[int, int, float, list[float], str]:
 
     target = job.target
     channels = [grpc.aio.insecure_channel(target.addr) for _ in range(max(1, job.channels))]
-    calls = [ch.unary_unary(target.method) for ch in channels]
+    calls = [raw.aio_unary(ch, target.method) for ch in channels]
     latencies: list[float] = []
     errors = 0
     first_error = ""

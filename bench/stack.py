@@ -22,7 +22,7 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench import floor
+from bench import floor, raw
 from latchkey_server.access.tokens import append_token, generate_token
 from latchkey_server.devstack.consul import ConsulAgent
 from latchkey_server.devstack.openbao import OpenBaoServer
@@ -241,7 +241,7 @@ class Stack:
 def _grpc_serving_floor(addr: str) -> bool:
     try:
         with grpc.insecure_channel(addr) as channel:
-            channel.unary_unary(floor.COUNT)(b"", timeout=1)
+            raw.unary(channel, floor.COUNT)(b"", timeout=1)
             return True
     except grpc.RpcError:
         return False

@@ -16,9 +16,11 @@ import contextlib
 import multiprocessing
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from bench import raw
 from bench.limits import raise_nofile, rss_bytes
 
 FLOOR_ROUND_OFFSET = 1_000_000
@@ -83,7 +85,7 @@ async def _raw(
     options = (("grpc.max_concurrent_streams", 100_000),)
     made = [grpc.aio.insecure_channel(addr, options=options) for _ in range(max(1, channels))]
     st.channels.extend(made)
-    calls = [ch.unary_stream(method) for ch in made]
+    calls = [raw.aio_stream(ch, method) for ch in made]
     base_first = st.first
     receipts = st.receipts
 
@@ -158,7 +160,7 @@ async def _close(st: _State) -> dict[str, Any]:
     return {}
 
 
-_COMMANDS = {
+_COMMANDS: dict[str, Callable[..., Awaitable[Any]]] = {
     "sdk_config": _sdk_config,
     "raw": _raw,
     "wait_round": _wait_round,

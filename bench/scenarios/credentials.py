@@ -35,9 +35,11 @@ def _first_credential(ctx: Context) -> list[Figure]:
     gateway_ms: list[float] = []
     direct_ms: list[float] = []
     with grpc.insecure_channel(stack.gateway_addr) as channel:
-        get = channel.unary_unary(
-            "/latchkey.v1.Secrets/GetDatabaseCredentials",
-            request_serializer=secrets_pb2.GetDatabaseCredentialsRequest.SerializeToString,
+        get: grpc.UnaryUnaryMultiCallable[secrets_pb2.GetDatabaseCredentialsRequest, bytes] = (
+            channel.unary_unary(
+                "/latchkey.v1.Secrets/GetDatabaseCredentials",
+                request_serializer=secrets_pb2.GetDatabaseCredentialsRequest.SerializeToString,
+            )
         )
         for i in range(count):
             gw_role, direct_role = f"bench-miss-gw-{i}", f"bench-miss-direct-{i}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import grpc
 
-from bench import floor
+from bench import floor, raw
 from bench.load import LoadResult, Target
 from bench.report import Figure, compared
 from bench.scenarios import Context
@@ -49,7 +49,7 @@ READS: dict[str, tuple[str, bytes]] = {
 def response_size(ctx: Context, method: str, payload: bytes) -> int:
     """The serialized size of the gateway's reply (this call also warms its cache)."""
     with grpc.insecure_channel(ctx.stack.gateway_addr) as channel:
-        reply: bytes = channel.unary_unary(method)(payload, metadata=ctx.stack.metadata, timeout=30)
+        reply = raw.unary(channel, method)(payload, metadata=ctx.stack.metadata, timeout=30)
     return len(reply)
 
 
@@ -126,11 +126,12 @@ def _direct(ctx: Context, gateway_at: dict[tuple[str, int], LoadResult]) -> list
         for concurrency in levels:
             if read == "GetDatabaseCredentials" and concurrency > 1:
                 continue  # every direct call creates a PostgreSQL role: keep it to one caller
-            kwargs = {"duration": ctx.duration, "warmup": ctx.warmup}
             gw = gateway_at.get((read, concurrency)) or ctx.load.run(
-                gw_target, concurrency, **kwargs
-            )  # type: ignore[arg-type]
-            direct = ctx.load.run(peer_target, concurrency, **kwargs)  # type: ignore[arg-type]
+                gw_target, concurrency, duration=ctx.duration, warmup=ctx.warmup
+            )
+            direct = ctx.load.run(
+                peer_target, concurrency, duration=ctx.duration, warmup=ctx.warmup
+            )
             note = (
                 "direct: a new lease per call, as an app without latchkey"
                 if read == "GetDatabaseCredentials"

@@ -11,7 +11,7 @@ import time
 
 import grpc
 
-from bench import floor
+from bench import floor, raw
 from bench.limits import rss_bytes
 from bench.report import Figure, compared
 from bench.scenarios import Context
@@ -31,7 +31,7 @@ def _settle(pid: int, seconds: float) -> int:
 
 def _floor_count(addr: str) -> int:
     with grpc.insecure_channel(addr) as channel:
-        return int.from_bytes(channel.unary_unary(floor.COUNT)(b"", timeout=5), "big")
+        return int.from_bytes(raw.unary(channel, floor.COUNT)(b"", timeout=5), "big")
 
 
 def run(ctx: Context) -> list[Figure]:

@@ -8,6 +8,7 @@ same number of raw streams has the message).
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import time
@@ -16,7 +17,7 @@ from collections import Counter
 
 import grpc
 
-from bench import floor
+from bench import floor, raw
 from bench.report import Figure, compared, percentile
 from bench.scenarios import Context
 from bench.subscribers import FLOOR_ROUND_OFFSET, Subscribers, split
@@ -64,12 +65,38 @@ class _Waker(threading.Thread):
             return self.seen.get(round_id)
 
 
+_writers = threading.local()
+
+
 def _put(consul_http: str, key: str, value: str) -> None:
-    req = urllib.request.Request(
-        f"http://{consul_http}/v1/kv/{key}", data=value.encode(), method="PUT"
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 (loopback)
-        resp.read()
+    """PUT a key over this thread's keep-alive connection to Consul (a writer making a
+    connection per change would count against Consul's connections per client address, which
+    the gateway's own connections share here). A reused connection the agent closed meanwhile
+    is replaced once; the PUT is idempotent."""
+    for attempt in (1, 2):
+        conn = _connection(consul_http)
+        try:
+            conn.request("PUT", f"/v1/kv/{key}", body=value.encode())
+            resp = conn.getresponse()
+            resp.read()
+        except (ConnectionError, http.client.HTTPException):
+            conn.close()
+            _writers.conns.pop(consul_http, None)
+            if attempt == 2:
+                raise
+            continue
+        if resp.status != 200:
+            raise RuntimeError(f"consul PUT {key}: HTTP {resp.status}")
+        return
+
+
+def _connection(consul_http: str) -> http.client.HTTPConnection:
+    conns: dict[str, http.client.HTTPConnection] = _writers.__dict__.setdefault("conns", {})
+    conn = conns.get(consul_http)
+    if conn is None:
+        host, _, port = consul_http.rpartition(":")
+        conn = conns[consul_http] = http.client.HTTPConnection(host, int(port), timeout=10)
+    return conn
 
 
 def cases(quick: bool) -> list[tuple[int, int]]:
@@ -114,8 +141,8 @@ def _case(ctx: Context, subs: Subscribers, case: int, n_subs: int, n_prefixes: i
         addr=stack.floor_addr, method=floor.STREAM, floor=True, channels=2,
     )  # fmt: skip
     with grpc.insecure_channel(stack.floor_addr) as channel:
-        count = channel.unary_unary(floor.COUNT)
-        publish = channel.unary_unary(floor.PUBLISH)
+        count = raw.unary(channel, floor.COUNT)
+        publish = raw.unary(channel, floor.PUBLISH)
         deadline = time.monotonic() + 30
         while int.from_bytes(count(b"", timeout=5), "big") < fanout and time.monotonic() < deadline:
             time.sleep(0.05)
