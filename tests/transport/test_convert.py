@@ -44,7 +44,9 @@ def test_secret_reply_is_the_message_with_this_reads_freshness() -> None:
     before = len(convert.encoded_secret)
     del secret, encoded
     gc.collect()
-    assert len(convert.encoded_secret) == before - 1  # dropped with the cached object
+    # Dropped with the cached object (entries of other objects that earlier tests left for the
+    # collector may go in the same collection).
+    assert len(convert.encoded_secret) <= before - 1
 
 
 def test_credential_reply_is_the_serialized_response() -> None:
