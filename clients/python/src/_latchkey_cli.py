@@ -11,11 +11,25 @@ the caller's environment unchanged.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 
 GRPC_VERBOSITY = "GRPC_VERBOSITY"
 INTERRUPTED = 130
 """Exit code after Ctrl-C (128 + SIGINT), as shells report it (also in `latchkey.cli._exit`)."""
+CLEANUP_GRACE = 5.0
+"""Seconds Ctrl-C leaves for closing streams and the client before the process exits anyway."""
+
+
+def on_interrupt(signum: int, frame: object) -> None:
+    """Ctrl-C: raise KeyboardInterrupt as Python does (the command closes its streams and
+    exits 130), and make sure the process ends even if that cleanup hangs: the gateway sees
+    the connection close and releases what the command held."""
+    timer = threading.Timer(CLEANUP_GRACE, os._exit, args=(INTERRUPTED,))
+    timer.daemon = True
+    timer.start()
+    raise KeyboardInterrupt
 
 
 def wants_debug(args: list[str]) -> bool:
@@ -43,6 +57,8 @@ def main() -> None:
             os.environ.pop(GRPC_VERBOSITY, None)
         else:
             os.environ[GRPC_VERBOSITY] = saved
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not ignored (`cmd &`)
+        signal.signal(signal.SIGINT, on_interrupt)
     cli_main()
 
 

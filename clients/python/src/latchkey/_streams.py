@@ -288,6 +288,8 @@ class ModelBinder(Generic[M]):
         self.on_error = on_error
         self.value: M | None = None
         self.layers: list[dict[str, ConfigEntry]] = [{} for _ in self.prefixes]
+        self._attempted: dict[str, Any] | None = None
+        self._attempt_failed = False
 
     @property
     def prefix(self) -> str:
@@ -304,9 +306,18 @@ class ModelBinder(Generic[M]):
         self.layers[layer] = dict(entries)
 
     def update(self) -> M | None:
-        """Validate; on success replace the bound instance (returned), else report."""
+        """Validate; on success replace the bound instance (returned), else report.
+
+        The same merged input as the last attempt is not validated (or reported) again: a key
+        under a later layer's prefix is also under an earlier one's, so one change reaches the
+        binder from two watches, and a reconnect's snapshot may repeat what is held."""
+        values = self.field_values()
+        if values == self._attempted:
+            return None if self._attempt_failed else self.value
+        self._attempted = values
+        self._attempt_failed = True
         try:
-            new = self.model.model_validate(self.field_values())
+            new = self.model.model_validate(values)
         except ValidationError as exc:
             if self.on_error is not None:
                 self.on_error(exc)
@@ -315,6 +326,7 @@ class ModelBinder(Generic[M]):
                     "config under %r failed validation; keeping the last good value", self.prefix
                 )
             return None
+        self._attempt_failed = False
         if self.value is None:
             self.value = new
         else:  # update the live instance the application holds, field by field
