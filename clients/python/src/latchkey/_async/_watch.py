@@ -52,7 +52,12 @@ class AsyncWatch:
     async def start(self) -> None:
         """Start the loop; returns after the first event, raising the first error, if any."""
         self._task = AsyncBackgroundTask(self._run, name=f"latchkey-watch-{self._name}")
-        if not await self._ready.wait(FIRST_EVENT_TIMEOUT):
+        try:
+            ready = await self._ready.wait(FIRST_EVENT_TIMEOUT)
+        except BaseException:  # cancelled (the blocking client: Ctrl-C) before the first event
+            await self.aclose()  # nobody else holds this watch to close it
+            raise
+        if not ready:
             await self.aclose()
             if self._last_error is not None:  # why it never started, in words naming the fix
                 raise self._last_error

@@ -53,7 +53,12 @@ class Watch:
     def start(self) -> None:
         """Start the loop; returns after the first event, raising the first error, if any."""
         self._task = BackgroundTask(self._run, name=f"latchkey-watch-{self._name}")
-        if not self._ready.wait(FIRST_EVENT_TIMEOUT):
+        try:
+            ready = self._ready.wait(FIRST_EVENT_TIMEOUT)
+        except BaseException:  # cancelled (the blocking client: Ctrl-C) before the first event
+            self.close()  # nobody else holds this watch to close it
+            raise
+        if not ready:
             self.close()
             if self._last_error is not None:  # why it never started, in words naming the fix
                 raise self._last_error
