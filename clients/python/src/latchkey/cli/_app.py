@@ -41,27 +41,15 @@ def read_options(fn: F) -> F:
     fn = click.option(
         "--field", "field", default=None, help="Print only this field's bare value (for scripts)."
     )(fn)
-    return click.option(
-        "--format",
-        "fmt",
-        type=click.Choice(["table", "json"]),
-        default="table",
-        show_default=True,
-        help="Output format.",
-    )(fn)
+    return out.format_option("table", "json", default="table")(fn)
 
 
 def watch_options(fn: F) -> F:
     fn = click.option("--count", type=int, default=None, help="Exit after this many data events.")(
         fn
     )
-    return click.option(
-        "--format",
-        "fmt",
-        type=click.Choice(["table", "json"]),
-        default="json",
-        show_default=True,
-        help="json: one JSON object per line, flushed per event.",
+    return out.format_option(
+        "table", "json", default="json", help="json: one JSON object per line, flushed per event."
     )(fn)
 
 
@@ -228,14 +216,10 @@ def db() -> None:
 @db.command("creds")
 @click.argument("role")
 @click.option("--reveal", is_flag=True, help="Print the password (hidden unless asked for).")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json", "env", "dsn"]),
-    default="table",
-    show_default=True,
+@out.format_option(
+    "table", "json", "env", "dsn", default="table",
     help="env: shell `export` lines; dsn: a libpq URI (both include the password).",
-)
+)  # fmt: skip
 @click.option("--field", default=None, help="Print only this field's bare value (for scripts).")
 @click.option(
     "--prefix",
@@ -398,14 +382,7 @@ def config_list(ctx: Ctx, prefix: str, fmt: str, field: str | None) -> None:
 
 @config.command("get-merged")
 @click.argument("prefixes", nargs=-1, required=True)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["json", "yaml"]),
-    default="json",
-    show_default=True,
-    help="Output format.",
-)
+@out.format_option("json", "yaml", default="json")
 @pass_ctx
 def config_get_merged(ctx: Ctx, prefixes: tuple[str, ...], fmt: str) -> None:
     """The keys under PREFIX... as one nested document, later prefixes winning key by key

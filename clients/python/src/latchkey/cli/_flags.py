@@ -77,14 +77,7 @@ def flags() -> None:
     metavar="KEY=VALUE",
     help="An evaluation context attribute (repeatable); true/false and numbers are typed.",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format.",
-)
+@out.format_option("table", "json", default="table")
 @click.pass_obj
 def flags_eval(
     ctx: Any,
@@ -122,14 +115,7 @@ def flags_eval(
 
 @flags.command("list")
 @click.argument("prefix")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format.",
-)
+@out.format_option("table", "json", default="table")
 @click.pass_obj
 def flags_list(ctx: Any, prefix: str, fmt: str) -> None:
     """Every flag defined by the flag sets under PREFIX.

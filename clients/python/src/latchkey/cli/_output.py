@@ -4,13 +4,28 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 REDACTED = "********"
+FC = TypeVar("FC", bound=Callable[..., Any])
+
+
+def format_option(
+    *choices: str, default: str, help: str = "Output format."
+) -> Callable[[FC], FC]:
+    """The `--format` option of a command (its value arrives as `fmt`)."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(list(choices)),
+        default=default,
+        show_default=True,
+        help=help,
+    )
 
 
 def plain(value: Any) -> Any:
