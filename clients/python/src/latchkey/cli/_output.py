@@ -14,9 +14,7 @@ REDACTED = "********"
 FC = TypeVar("FC", bound=Callable[..., Any])
 
 
-def format_option(
-    *choices: str, default: str, help: str = "Output format."
-) -> Callable[[FC], FC]:
+def format_option(*choices: str, default: str, help: str = "Output format.") -> Callable[[FC], FC]:
     """The `--format` option of a command (its value arrives as `fmt`)."""
     return click.option(
         "--format",
